@@ -228,7 +228,7 @@ def step(
         if intervals < 10:  # lower the order on the last intervals of short schedules (DPM-Solver++)
             order = min(order, intervals - n)
         x_next = dpmpp_update(x, t, t_next, denoised, state.denoised, order)
-        _push(state.denoised, (t, denoised))
+        _push(state.denoised, (t, denoised.clone()))  # executors reuse their output buffers
         return x_next
     r, c, a = _predictor(ev, name)
     s = geometric_time(t, t_next, r)

@@ -1,0 +1,82 @@
+"""The network the sampler drives: an EDM denoiser, its feature tap and (optionally) g_phi, as one
+module. This exact module is what the PyTorch reference runs, what distillation trains through,
+and what the exporter traces into a single ONNX graph."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import Tensor, nn
+
+from .errors import AmedError
+from .networks import feature_shapes
+from .predictor import FEATURE_SIZE, AMEDPredictor
+from .solvers import Evaluation
+
+
+def default_tap(net: nn.Module) -> str:
+    """The last encoder block at 8x8 resolution (AMED's choice, e.g. 'enc.8x8_block3' for CIFAR-10)."""
+    pattern = re.compile(rf"enc\.{FEATURE_SIZE}x{FEATURE_SIZE}_block(\d+)$")
+    blocks = [(int(m.group(1)), name) for name in feature_shapes(net) if (m := pattern.match(name))]
+    if not blocks:
+        raise AmedError(
+            f"this network has no {FEATURE_SIZE}x{FEATURE_SIZE} encoder block for the AMED predictor "
+            f"(image resolution {getattr(net, 'img_resolution', '?')}); pass --tap with an 8x8 feature"
+        )
+    return max(blocks)[1]
+
+
+def check_tap(net: nn.Module, tap: str) -> str:
+    """Refuse a tap that does not exist or is not 8x8, naming the alternatives."""
+    shapes = feature_shapes(net)
+    if tap not in shapes:
+        raise AmedError(f"unknown feature tap {tap!r}; valid taps: {', '.join(shapes)}")
+    _, h, w = shapes[tap]
+    if (h, w) != (FEATURE_SIZE, FEATURE_SIZE):
+        eight = [n for n, s in shapes.items() if s[1:] == (FEATURE_SIZE, FEATURE_SIZE)]
+        raise AmedError(f"tap {tap!r} is {h}x{w}; the AMED predictor reads an 8x8 feature: {', '.join(eight)}")
+    return tap
+
+
+class AMEDNetwork(nn.Module):
+    """forward(x, sigma, sigma_next, class_labels) -> (denoised, r, c, a), or (denoised,) without a
+    predictor. The feature is taken from the same U-Net pass and detached: gradients reach g_phi only
+    through its own parameters and through the network's inputs (x_s and a*s), never into the U-Net."""
+
+    def __init__(self, net: nn.Module, predictor: AMEDPredictor | None = None, tap: str | None = None):
+        super().__init__()
+        self.net = net
+        self.predictor = predictor
+        self.tap = None if predictor is None else check_tap(net, tap or default_tap(net))
+
+    @property
+    def label_dim(self) -> int:
+        return int(getattr(self.net, "label_dim", 0))
+
+    def forward(
+        self, x: Tensor, sigma: Tensor, sigma_next: Tensor, class_labels: Tensor | None = None
+    ) -> tuple[Tensor, ...]:
+        if self.predictor is None:
+            return (self.net(x, sigma, class_labels),)
+        denoised, (feature,) = self.net(x, sigma, class_labels, taps=(self.tap,))
+        r, c, a = self.predictor(feature.detach(), sigma, sigma_next)
+        return denoised, r, c, a
+
+
+class TorchModel:
+    """The solvers' Model interface over an AMEDNetwork in eager PyTorch, with class labels bound."""
+
+    def __init__(self, network: AMEDNetwork, labels: Tensor | None = None):
+        self.network = network
+        self.labels = labels
+
+    def __call__(self, x: Tensor, sigma: Tensor, sigma_next: Tensor) -> Evaluation:
+        out = self.network(x, sigma, sigma_next, self.labels)
+        return Evaluation(*out)
+
+    def predict_without_feature(self, sigma: Tensor, sigma_next: Tensor) -> Evaluation:
+        if self.network.predictor is None:
+            raise AmedError("this network has no AMED predictor")
+        r, c, a = self.network.predictor(None, sigma, sigma_next)
+        return Evaluation(torch.empty(0, device=sigma.device), r, c, a)

@@ -1,0 +1,143 @@
+"""Distillation of g_phi: per interval, start from the teacher's state at t_n, take one student step
+with the predictor in the loop, and pull its end point towards the teacher's state at t_{n+1}.
+
+The teacher is a more accurate solver on a finer grid of the same schedule type that nests the
+student grid exactly ((M+1)(N-1)+1 points). Both teacher and student run through the shared solver
+code (`solvers.step`), so what is trained is exactly what is deployed."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .amed_network import AMEDNetwork, TorchModel
+from .config import SamplerConfig
+from .errors import AmedError
+from .noise import make_inputs
+from .predictor import AMEDPredictor, PredictorConfig
+from .solvers import SolverConfig, SolverState, nested_schedule, sample, step
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """The AMED-Solver recipe by default: teacher Heun with M = 1, time_uniform, scale_dir 0.01,
+    Adam lr 5e-3, 10k trajectories."""
+
+    nfe: int = 5
+    student: str = "amed"
+    schedule: str = "time_uniform"
+    rho: float | None = None
+    afs: bool = True
+    teacher: str = "heun"
+    teacher_m: int = 1
+    scale_dir: float = 0.01
+    scale_time: float = 0.0
+    batch: int = 128
+    kimg: float = 10.0
+    lr: float = 5e-3
+    seed: int = 0
+    tap: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def sigma_range(net: nn.Module) -> tuple[float, float]:
+    """The sampling range: EDM's 0.002..80 clipped to what the network declares it supports."""
+    lo = max(0.002, float(getattr(net, "sigma_min", 0.0) or 0.0))
+    hi = min(80.0, float(getattr(net, "sigma_max", math.inf) or math.inf))
+    return lo, hi
+
+
+def sampler_for(net: nn.Module, cfg: DistillConfig) -> SamplerConfig:
+    lo, hi = sigma_range(net)
+    return SamplerConfig.create(cfg.student, cfg.nfe, cfg.schedule, lo, hi, cfg.afs, cfg.rho)
+
+
+@torch.no_grad()
+def teacher_states(
+    network: AMEDNetwork, x: Tensor, labels: Tensor | None, sampler: SamplerConfig, cfg: DistillConfig
+) -> list[Tensor]:
+    """The teacher's states at every student time point (a finer solve, read at the nested points)."""
+    fine = nested_schedule(
+        sampler.schedule, sampler.num_points, cfg.teacher_m, sampler.sigma_min, sampler.sigma_max, sampler.rho
+    )
+    model = TorchModel(AMEDNetwork(network.net), labels)  # the teacher needs no predictor
+    solver, state = SolverConfig(cfg.teacher), SolverState()
+    states = [x]
+    for n in range(len(fine) - 1):
+        x = step(model, x, fine, n, solver, state)
+        if (n + 1) % (cfg.teacher_m + 1) == 0:
+            states.append(x)
+    return states
+
+
+def distill(
+    net: nn.Module,
+    cfg: DistillConfig,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    on_step: Callable[[int, float], None] | None = None,
+) -> tuple[AMEDNetwork, SamplerConfig, list[float]]:
+    """Train a fresh predictor for `net` (frozen); returns the network+predictor, the sampler config
+    and the per-batch mean losses."""
+    device = torch.device(device)
+    sampler = sampler_for(net, cfg)
+    if not sampler.solver_config.uses_predictor:
+        raise AmedError(f"student {cfg.student!r} has no predictor to train; use amed, amed_euler or amed_ipndm")
+    torch.manual_seed(cfg.seed)  # Kaiming init of the predictor
+    predictor = AMEDPredictor(PredictorConfig(scale_dir=cfg.scale_dir, scale_time=cfg.scale_time))
+    network = AMEDNetwork(net, predictor, cfg.tap).to(device)
+    network.net.eval().requires_grad_(False)
+    predictor.train()
+    opt = torch.optim.Adam(predictor.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
+    shape = (net.img_channels, net.img_resolution, net.img_resolution)
+    batches = max(1, math.ceil(cfg.kimg * 1000 / cfg.batch))
+    losses: list[float] = []
+    bar = tqdm(range(batches), desc=f"distill {cfg.student} NFE {cfg.nfe}", unit="batch", disable=not progress)
+    for i in bar:
+        noise, labels = make_inputs(cfg.seed * 1_000_003 + i, cfg.batch, shape, network.label_dim)
+        x0 = (noise * sampler.sigma_max).to(device)
+        labels = None if labels is None else labels.to(device)
+        targets = teacher_states(network, x0, labels, sampler, cfg)
+        model = TorchModel(network, labels)
+        state = SolverState()
+        batch_loss = 0.0
+        for n in range(sampler.num_points - 1):
+            x_next = step(model, targets[n], sampler.t_steps, n, sampler.solver_config, state)
+            loss = (x_next - targets[n + 1]).square().flatten(1).sum(1).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            state.slopes = [s.detach() for s in state.slopes]  # multistep students: history is data
+            batch_loss += loss.item() / (sampler.num_points - 1)
+        losses.append(batch_loss)
+        bar.set_postfix(loss=f"{batch_loss:.4g}")
+        if on_step is not None:
+            on_step(i, batch_loss)
+    predictor.eval()
+    return network, sampler, losses
+
+
+@torch.no_grad()
+def endpoint_rmse(
+    network: AMEDNetwork, solver: SolverConfig, sampler: SamplerConfig, cfg: DistillConfig, seeds: range, batch: int
+) -> float:
+    """RMSE of a solver's final x against the teacher's, on noise from the given seeds (held out)."""
+    device = next(network.net.parameters()).device
+    shape = (network.net.img_channels, network.net.img_resolution, network.net.img_resolution)
+    total, count = 0.0, 0
+    for seed in seeds:
+        noise, labels = make_inputs(seed, batch, shape, network.label_dim)
+        x0 = (noise * sampler.sigma_max).to(device)
+        labels = None if labels is None else labels.to(device)
+        target = teacher_states(network, x0, labels, sampler, cfg)[-1]
+        x, _ = sample(TorchModel(network, labels), x0, sampler.t_steps, solver)
+        total += (x - target).square().sum().item()
+        count += x.numel()
+    return math.sqrt(total / count)

@@ -1,0 +1,56 @@
+"""Sample images out: PNG grids (optionally one labelled row per class) and raw arrays (.npz)."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+from torch import Tensor
+
+from .atomic import atomic_write_bytes
+
+
+def to_uint8(images: Tensor) -> np.ndarray:
+    """[B,C,H,W] in [-1,1] -> uint8 [B,H,W,C]."""
+    x = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round()
+    return x.permute(0, 2, 3, 1).numpy().astype(np.uint8)
+
+
+def grid(images: Tensor, ncol: int | None = None, row_labels: Sequence[str] | None = None, scale: int = 1) -> Image.Image:
+    """Tile a batch into one image; with row_labels, a caption column on the left of each row."""
+    pix = to_uint8(images)
+    b, h, w, c = pix.shape
+    ncol = ncol or int(np.ceil(np.sqrt(b)))
+    nrow = int(np.ceil(b / ncol))
+    canvas = np.zeros((nrow * h, ncol * w, c), dtype=np.uint8)
+    for i in range(b):
+        r, col = divmod(i, ncol)
+        canvas[r * h : (r + 1) * h, col * w : (col + 1) * w] = pix[i]
+    img = Image.fromarray(canvas[..., 0] if c == 1 else canvas).convert("RGB")
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    if not row_labels:
+        return img
+    margin = 8 + 7 * max(len(s) for s in row_labels)
+    out = Image.new("RGB", (img.width + margin, img.height), "white")
+    out.paste(img, (margin, 0))
+    draw = ImageDraw.Draw(out)
+    row_h = img.height / nrow
+    for r, text in enumerate(row_labels[:nrow]):
+        draw.text((4, int(r * row_h + row_h / 2 - 6)), text, fill="black")
+    return out
+
+
+def save_png(img: Image.Image, path: str | os.PathLike) -> None:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())

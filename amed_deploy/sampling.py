@@ -1,0 +1,74 @@
+"""The PyTorch reference path: load a checkpoint (and predictor), draw seeded inputs, run the shared
+solver loop eagerly. Distillation, tests and the deployed runtime's parity checks all lean on it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .amed_network import AMEDNetwork, TorchModel
+from .checkpoint import build_model, file_sha256, load_checkpoint
+from .config import SamplerConfig
+from .distill import sigma_range
+from .errors import AmedError
+from .noise import make_inputs
+from .predictor_file import PredictorBundle, load_predictor
+from .solvers import sample
+
+
+@dataclass
+class LoadedModel:
+    network: AMEDNetwork
+    checkpoint_sha256: str
+    bundle: PredictorBundle | None = None
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        net = self.network.net
+        return (net.img_channels, net.img_resolution, net.img_resolution)
+
+
+def load_model(
+    ckpt: str | os.PathLike, predictor: str | os.PathLike | None = None, force: bool = False
+) -> LoadedModel:
+    """Checkpoint -> network, plus the predictor (refused if it was distilled for another checkpoint)."""
+    sha = file_sha256(ckpt)
+    net = build_model(load_checkpoint(ckpt))
+    if predictor is None:
+        return LoadedModel(AMEDNetwork(net), sha)
+    bundle = load_predictor(predictor, checkpoint_sha256=sha, force=force)
+    return LoadedModel(AMEDNetwork(net, bundle.predictor, bundle.tap), sha, bundle)
+
+
+def baseline_sampler(
+    net: torch.nn.Module, solver: str, nfe: int, schedule: str = "polynomial", afs: bool = False
+) -> SamplerConfig:
+    """A training-free solver at a given NFE, over the network's sampling range."""
+    lo, hi = sigma_range(net)
+    return SamplerConfig.create(solver, nfe, schedule, lo, hi, afs)
+
+
+@torch.no_grad()
+def reference_sample(
+    network: AMEDNetwork,
+    sampler: SamplerConfig,
+    seed: int,
+    batch: int,
+    classes: int | Sequence[int] | None = None,
+    device: torch.device | str = "cpu",
+) -> tuple[Tensor, Tensor | None]:
+    """Images in [-1, 1] (unclamped) from seeded noise, and the one-hot labels used."""
+    net = network.net
+    if sampler.solver_config.uses_predictor and network.predictor is None:
+        raise AmedError(f"solver {sampler.solver} needs a predictor (--predictor amed5.pt)")
+    noise, labels = make_inputs(
+        seed, batch, (net.img_channels, net.img_resolution, net.img_resolution), network.label_dim, classes
+    )
+    x0 = noise.to(device) * sampler.t_steps[0]
+    labels_dev = None if labels is None else labels.to(device)
+    x, _ = sample(TorchModel(network, labels_dev), x0, sampler.t_steps, sampler.solver_config)
+    return x, labels
