@@ -1,0 +1,64 @@
+"""The contract between the sampler loop and a backend (TensorRT, ONNX Runtime, PyTorch).
+
+An executor owns preallocated input and output buffers for one batch size and evaluates the graph
+on them. The loop writes into `inputs`, calls `run()`, and reads `outputs`; nothing is allocated per
+call. On CUDA, `run()` is enqueued on torch's current stream so torch ops and the backend stay
+ordered without host synchronisation (which also makes whole-loop CUDA-graph capture possible).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from ..metadata import GraphSpec
+
+# Graph I/O names, fixed by the exporter.
+X, SIGMA, SIGMA_NEXT, LABELS = "x", "sigma", "sigma_next", "class_labels"
+DENOISED, R, C, A = "denoised", "r", "c", "a"
+PREDICTOR_OUTPUTS = (R, C, A)
+
+
+class Executor(Protocol):
+    spec: GraphSpec
+    device: torch.device
+    inputs: dict[str, Tensor]
+    outputs: dict[str, Tensor]
+
+    def run(self) -> None:
+        """Evaluate the graph on the current input buffers, writing the output buffers."""
+        ...
+
+
+def io_shapes(spec: GraphSpec, batch: int) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
+    """Input and output shapes of a graph for one batch size."""
+    c, h, w = spec.image_shape
+    inputs: dict[str, tuple[int, ...]] = {X: (batch, c, h, w), SIGMA: (batch,), SIGMA_NEXT: (batch,)}
+    if spec.conditional:
+        inputs[LABELS] = (batch, spec.label_dim)
+    outputs: dict[str, tuple[int, ...]] = {DENOISED: (batch, c, h, w)}
+    if spec.kind == "amed":
+        outputs.update({name: (batch, 1, 1, 1) for name in PREDICTOR_OUTPUTS})
+    return inputs, outputs
+
+
+def image_dtype(spec: GraphSpec) -> torch.dtype:
+    """x and denoised carry the graph's precision; sigmas, labels and r, c, a are always fp32."""
+    return torch.float16 if spec.precision == "fp16" else torch.float32
+
+
+def allocate(spec: GraphSpec, batch: int, device: torch.device) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Preallocate every I/O buffer of a graph for `batch` on `device`."""
+    spec.check_batch(batch)
+    ins, outs = io_shapes(spec, batch)
+    img = image_dtype(spec)
+
+    def make(shapes: dict[str, tuple[int, ...]]) -> dict[str, Tensor]:
+        return {
+            name: torch.zeros(shape, dtype=img if name in (X, DENOISED) else torch.float32, device=device)
+            for name, shape in shapes.items()
+        }
+
+    return make(ins), make(outs)

@@ -1,0 +1,230 @@
+"""The sidecar manifest of a TensorRT plan (`<plan>.json`).
+
+A plan cannot carry user metadata and only loads on the TensorRT version and GPU it was built for, so
+the manifest records both, plus the plan's SHA-256 and the whole graph spec (sampler config included),
+which makes plan + manifest self-describing. `check_manifest` runs before deserialising, turning
+TensorRT's opaque "expecting library version X got Y" / None into a message that says what to do.
+
+Pure Python: importable without TensorRT.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from ..atomic import atomic_write_bytes
+from ..checkpoint import file_sha256
+from ..errors import AmedError
+from ..metadata import GraphSpec
+from .executor import DENOISED, X, io_shapes
+
+SCHEMA = "amed-deploy/trt-manifest"
+SCHEMA_VERSION = 1
+HARDWARE_COMPATIBILITY = ("ampere_plus", "same_cc")
+REBUILD = "rebuild with amed-deploy build"
+
+
+@dataclass
+class Manifest:
+    """Everything needed to decide, before deserialising, whether a plan can run here, and to run it."""
+
+    plan_sha256: str
+    plan_bytes: int
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str
+    hardware_compatibility: str | None
+    version_compatible: bool
+    io: list[dict] = field(default_factory=list)
+    profile: dict[str, list[list[int]]] = field(default_factory=dict)
+    onnx_sha256: str | None = None
+    built_at: str = ""
+    graph: dict = field(default_factory=dict)
+
+    @property
+    def spec(self) -> GraphSpec:
+        return GraphSpec.from_dict(self.graph)
+
+    def to_dict(self) -> dict:
+        return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, **asdict(self)}
+
+
+def manifest_path_for(plan_path: str | os.PathLike) -> Path:
+    """The manifest sits beside its plan: `engine.plan` -> `engine.plan.json`."""
+    return Path(str(plan_path) + ".json")
+
+
+def write_manifest(path: str | os.PathLike, m: Manifest) -> None:
+    """Write atomically, so a crash never leaves a half manifest next to a good plan."""
+    text = json.dumps(m.to_dict(), indent=2, sort_keys=True) + "\n"
+    atomic_write_bytes(path, text.encode())
+
+
+def read_manifest(path: str | os.PathLike) -> Manifest:
+    """Read and validate; a missing, empty, corrupt or foreign file is one AmedError naming it."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise AmedError(f"engine manifest {path} is missing: {REBUILD} (it writes the plan and its manifest)") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise AmedError(f"cannot read engine manifest {path}: {e}") from None
+    if not text.strip():
+        raise AmedError(f"engine manifest {path} is empty: {REBUILD}")
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise AmedError(f"engine manifest {path} is not valid JSON ({e}): {REBUILD}") from None
+    try:
+        return _from_dict(d)
+    except AmedError as e:
+        raise AmedError(f"engine manifest {path}: {e}") from None
+
+
+def _from_dict(d: object) -> Manifest:
+    if not isinstance(d, dict):
+        raise AmedError("not a JSON object")
+    if d.get("schema") != SCHEMA:
+        raise AmedError(f"schema is {d.get('schema')!r}, expected {SCHEMA!r}")
+    if d.get("schema_version") != SCHEMA_VERSION:
+        raise AmedError(f"schema version {d.get('schema_version')!r} is not supported (supports {SCHEMA_VERSION})")
+    names = {f.name for f in fields(Manifest)}
+    missing = sorted(n for n in names if n not in d)
+    if missing:
+        raise AmedError(f"missing fields {missing}")
+    m = Manifest(**{n: d[n] for n in names})
+    ok = (
+        isinstance(m.plan_sha256, str)
+        and re.fullmatch(r"[0-9a-f]{64}", m.plan_sha256)
+        and isinstance(m.plan_bytes, int)
+        and m.plan_bytes > 0
+        and isinstance(m.tensorrt_version, str)
+        and _version_tuple(m.tensorrt_version)
+        and isinstance(m.gpu_name, str)
+        and _cc_tuple(m.compute_capability)
+        and m.hardware_compatibility in (None, *HARDWARE_COMPATIBILITY)
+        and isinstance(m.version_compatible, bool)
+        and isinstance(m.io, list)
+        and all(isinstance(t, dict) and {"name", "mode", "dtype", "shape"} <= t.keys() for t in m.io)
+        and isinstance(m.profile, dict)
+        and isinstance(m.graph, dict)
+    )
+    if not ok:
+        raise AmedError("malformed fields (wrong types or values)")
+    GraphSpec.from_dict(m.graph)  # validate the graph record now rather than at first use
+    return m
+
+
+def check_manifest(
+    plan_path: str | os.PathLike, m: Manifest, trt_version: str, gpu_name: str, compute_capability: str
+) -> None:
+    """Refuse, with the reason and the fix, a plan that does not match its manifest or cannot run here.
+
+    Version policy: a plain plan needs exactly the TensorRT version that built it (TensorRT checks
+    major.minor.patch.build). A version-compatible plan runs on the same or a newer TensorRT of the
+    same major version; across major versions we ask for a rebuild.
+    Hardware policy: a plain plan needs the same compute capability and GPU model; 'same_cc' any GPU of
+    that compute capability; 'ampere_plus' any GPU of compute capability 8.0 or newer.
+    """
+    plan_path = Path(plan_path)
+    try:
+        size = plan_path.stat().st_size
+    except FileNotFoundError:
+        raise AmedError(f"TensorRT plan {plan_path} is missing: {REBUILD}") from None
+    if size != m.plan_bytes:
+        raise AmedError(
+            f"manifest does not match plan (size {size} bytes, manifest says {m.plan_bytes}; "
+            f"truncated or replaced?): {REBUILD}"
+        )
+    digest = file_sha256(plan_path)
+    if digest != m.plan_sha256:
+        raise AmedError(
+            f"manifest does not match plan (hash {digest[:12]}..., manifest says {m.plan_sha256[:12]}...): {REBUILD}"
+        )
+    _check_version(m, trt_version)
+    _check_gpu(m, gpu_name, compute_capability)
+
+
+def _check_version(m: Manifest, trt_version: str) -> None:
+    built, here = _version_tuple(m.tensorrt_version), _version_tuple(trt_version)
+    if not here:
+        raise AmedError(f"cannot parse this TensorRT's version {trt_version!r}")
+    if m.version_compatible:
+        if built[0] == here[0] and here >= built:
+            return
+        why = "a version-compatible plan runs only on the same or a newer TensorRT of the same major version"
+    else:
+        n = min(len(built), len(here))
+        if built[:n] == here[:n]:
+            return
+        why = "a plan runs only on the TensorRT version that built it"
+    raise AmedError(f"plan built with TensorRT {m.tensorrt_version}, this is {trt_version} ({why}): {REBUILD}")
+
+
+def _check_gpu(m: Manifest, gpu_name: str, compute_capability: str) -> None:
+    built, here = _cc_tuple(m.compute_capability), _cc_tuple(compute_capability)
+    if not here:
+        raise AmedError(f"cannot parse this GPU's compute capability {compute_capability!r}")
+    what = (
+        f"plan built on {m.gpu_name} (compute capability {m.compute_capability}), "
+        f"this is {gpu_name} ({compute_capability})"
+    )
+    if m.hardware_compatibility == "ampere_plus":
+        if here >= (8, 0):
+            return
+        raise AmedError(f"{what}: the plan is hardware-compatible with Ampere (8.0) and newer only: {REBUILD} here")
+    if built != here:
+        raise AmedError(
+            f"{what}: a plan runs only on GPUs of the compute capability it was built for: {REBUILD} on this GPU "
+            "(or build with --hardware-compatibility ampere_plus to share one plan across Ampere and newer)"
+        )
+    if m.hardware_compatibility != "same_cc" and m.gpu_name != gpu_name:
+        raise AmedError(
+            f"{what}: TensorRT tunes a plan for one GPU model: {REBUILD} on this GPU "
+            "(or build with --hardware-compatibility same_cc to share one plan across GPUs of one compute capability)"
+        )
+
+
+def check_engine_io(spec: GraphSpec, io: list[dict]) -> None:
+    """Refuse an engine whose I/O names, directions or dtypes differ from what the graph spec promises.
+
+    The classic TensorRT 11 failure is an engine that silently runs in fp32 although the graph is fp16
+    (precision now comes only from the ONNX types): its x/denoised would be float32 here.
+    """
+    ins, outs = io_shapes(spec, spec.batch_min)
+    image = "float16" if spec.precision == "fp16" else "float32"
+    expected = {n: ("input", image if n == X else "float32") for n in ins}
+    expected.update({n: ("output", image if n == DENOISED else "float32") for n in outs})
+    got = {t["name"]: (t["mode"], t["dtype"]) for t in io}
+    if set(got) != set(expected):
+        raise AmedError(f"engine I/O tensors {sorted(got)} differ from the graph's {sorted(expected)}")
+    for name, (mode, dtype) in expected.items():
+        if got[name][0] != mode:
+            raise AmedError(f"engine tensor {name!r} is an {got[name][0]}, expected an {mode}")
+        if got[name][1] != dtype:
+            hint = ""
+            if name in (X, DENOISED) and spec.precision == "fp16":
+                hint = (
+                    " (TensorRT built an fp32 engine from an fp16 graph: TensorRT 11 networks are strongly typed, "
+                    "so the ONNX itself must be fp16; re-export with --precision fp16)"
+                )
+            raise AmedError(f"engine tensor {name!r} is {got[name][1]}, the {spec.precision} graph needs {dtype}{hint}")
+
+
+def _version_tuple(v: object) -> tuple[int, ...]:
+    """'10.16.1.11' -> (10, 16, 1, 11); trailing non-numeric parts (post/dev tags) are ignored."""
+    out: list[int] = []
+    for part in str(v).split("."):
+        if not part.isdigit():
+            break
+        out.append(int(part))
+    return tuple(out)
+
+
+def _cc_tuple(cc: object) -> tuple[int, int] | None:
+    match = re.fullmatch(r"(\d+)\.(\d+)", str(cc))
+    return (int(match[1]), int(match[2])) if match else None

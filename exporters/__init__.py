@@ -1,0 +1,1 @@
+"""Exporters: checkpoint + predictor -> one ONNX graph (fp32/fp16) -> TensorRT engine + manifest."""

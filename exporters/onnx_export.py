@@ -1,0 +1,193 @@
+"""Trace the U-Net, its feature tap and g_phi into ONE ONNX graph that carries the whole sampler
+configuration in its metadata, then prove it: onnx.checker plus a parity run through ONNX Runtime.
+
+Graph I/O: x [B,C,H,W], sigma [B], sigma_next [B], class_labels [B,L] (conditional models only) ->
+denoised [B,C,H,W] and, with a predictor, r, c, a [B,1,1,1]. In fp16 graphs x and denoised are fp16
+and the network runs in fp16 with GroupNorm statistics and attention logits/softmax kept in fp32
+(the network code does this in either precision), while the EDM preconditioning, sigmas and the
+predictor stay fp32: TensorRT 11 is strongly typed, so the precision must be in the graph itself.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import Tensor, nn
+
+from amed_deploy import __version__
+from amed_deploy.amed_network import AMEDNetwork
+from amed_deploy.atomic import atomic_write_bytes
+from amed_deploy.config import SamplerConfig
+from amed_deploy.errors import AmedError
+from amed_deploy.metadata import METADATA_KEY, GraphSpec
+from amed_deploy.runtime.executor import DENOISED, LABELS, PREDICTOR_OUTPUTS, SIGMA, SIGMA_NEXT, X
+
+OPSET = 18
+# Parity bounds against the fp32 PyTorch module, on images whose scale is O(1).
+TOLERANCE = {"fp32": 1e-4, "fp16": 5e-2}
+
+
+class _GraphModule(nn.Module):
+    """What is traced: casts at the graph boundary so the I/O dtypes state the precision."""
+
+    def __init__(self, network: AMEDNetwork, image_dtype: torch.dtype):
+        super().__init__()
+        self.network = network
+        self.image_dtype = image_dtype
+
+    def forward(self, x: Tensor, sigma: Tensor, sigma_next: Tensor, class_labels: Tensor | None = None):
+        out = self.network(x.float(), sigma, sigma_next, class_labels)
+        return (out[0].to(self.image_dtype), *out[1:])
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    spec: GraphSpec
+    errors: dict[str, float]  # max abs error per output vs PyTorch fp32, measured through ONNX Runtime
+
+
+def export_onnx(
+    network: AMEDNetwork,
+    out: str | os.PathLike,
+    *,
+    sampler: SamplerConfig | None,
+    precision: str = "fp32",
+    batch: int = 1,
+    batch_range: tuple[int, int] | None = None,
+    checkpoint_sha256: str | None = None,
+    predictor_sha256: str | None = None,
+    check: bool = True,
+) -> ExportResult:
+    """Export `network` (with or without predictor) to `out`; nothing is written unless every check
+    passes. `batch_range=(min, max)` makes the batch dimension dynamic with `batch` as the optimum."""
+    if precision not in TOLERANCE:
+        raise AmedError(f"precision must be fp32 or fp16, got {precision!r}")
+    lo, hi = batch_range if batch_range else (batch, batch)
+    if not 1 <= lo <= batch <= hi:
+        raise AmedError(f"need 1 <= min batch <= batch <= max batch, got {lo} <= {batch} <= {hi}")
+    if network.predictor is not None and sampler is None:
+        raise AmedError("an AMED graph needs its sampler configuration")
+    net = network.net
+    spec = GraphSpec(
+        kind="amed" if network.predictor is not None else "denoiser",
+        precision=precision,
+        image_shape=(net.img_channels, net.img_resolution, net.img_resolution),
+        label_dim=network.label_dim,
+        batch_min=lo,
+        batch_opt=batch,
+        batch_max=hi,
+        sampler=sampler,
+        afs_rca=_afs_constants(network, sampler),
+        tap=network.tap,
+        checkpoint_sha256=checkpoint_sha256,
+        predictor_sha256=predictor_sha256,
+        network={"class": type(net).__name__, "model_type": getattr(net, "model_type", None)},
+        producer={"amed_deploy": __version__, "torch": torch.__version__, "opset": OPSET},
+    )
+    module = _graph_module(network, precision).eval()
+    example = _example_inputs(spec, max(batch, 2) if hi > lo else batch)
+    model = _trace(module, example, spec, dynamic=hi > lo)
+    model.metadata_props.add(key=METADATA_KEY, value=spec.to_json())
+    onnx.checker.check_model(model, full_check=True)
+    data = model.SerializeToString()
+    errors: dict[str, float] = {}
+    if check:
+        errors = parity_errors(data, network, spec)
+        bound = TOLERANCE[precision]
+        worst = max(errors.values())
+        if not np.isfinite(worst) or worst > bound:
+            raise AmedError(
+                f"exported graph disagrees with PyTorch: max abs errors {errors} exceed {bound}; nothing written"
+            )
+    atomic_write_bytes(out, data)
+    return ExportResult(Path(out), spec, errors)
+
+
+def _afs_constants(network: AMEDNetwork, sampler: SamplerConfig | None) -> tuple[float, float, float] | None:
+    """g_phi on a zero feature for the first interval after AFS: fixed by the times, so precomputed."""
+    if network.predictor is None or sampler is None or not sampler.afs:
+        return None
+    t = torch.tensor([sampler.t_steps[0]])
+    t_next = torch.tensor([sampler.t_steps[1]])
+    with torch.no_grad():
+        r, c, a = network.predictor.cpu()(None, t, t_next)
+    return (float(r), float(c), float(a))
+
+
+def _graph_module(network: AMEDNetwork, precision: str) -> _GraphModule:
+    network = copy.deepcopy(network).cpu().eval().requires_grad_(False)
+    if precision == "fp16":
+        network.net.model.half()  # the U-Net; preconditioning and predictor stay fp32
+    return _GraphModule(network, torch.float16 if precision == "fp16" else torch.float32)
+
+
+def _example_inputs(spec: GraphSpec, batch: int, seed: int = 0) -> dict[str, Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    c, h, w = spec.image_shape
+    sigma = torch.exp(torch.empty(batch).uniform_(np.log(0.01), np.log(80.0), generator=gen))
+    inputs = {
+        X: torch.randn(batch, c, h, w, generator=gen) * (sigma.reshape(-1, 1, 1, 1) ** 2 + 0.25).sqrt(),
+        SIGMA: sigma,
+        SIGMA_NEXT: sigma * 0.5,
+    }
+    if spec.conditional:
+        idx = torch.randint(spec.label_dim, (batch,), generator=gen)
+        inputs[LABELS] = torch.nn.functional.one_hot(idx, spec.label_dim).float()
+    if spec.precision == "fp16":
+        inputs[X] = inputs[X].half()
+    return inputs
+
+
+def _output_names(spec: GraphSpec) -> list[str]:
+    return [DENOISED, *(PREDICTOR_OUTPUTS if spec.kind == "amed" else ())]
+
+
+def _trace(module: _GraphModule, example: dict[str, Tensor], spec: GraphSpec, dynamic: bool) -> onnx.ModelProto:
+    names = list(example)
+    dynamic_shapes = None
+    if dynamic:
+        b = torch.export.Dim("batch", min=spec.batch_min, max=spec.batch_max)
+        dynamic_shapes = {name: {0: b} for name in names}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "graph.onnx")
+        try:
+            torch.onnx.export(
+                module,
+                tuple(example[n] for n in names),
+                path,
+                input_names=names,
+                output_names=_output_names(spec),
+                dynamic_shapes=dynamic_shapes,
+                opset_version=OPSET,
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+            )
+        except Exception as e:  # the exporter raises many types; report one line
+            raise AmedError(f"ONNX export failed: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+        return onnx.load(path)
+
+
+def parity_errors(data: bytes, network: AMEDNetwork, spec: GraphSpec) -> dict[str, float]:
+    """Max abs error of every output, ONNX Runtime (CPU) vs the fp32 PyTorch module, at several sigmas."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    reference = _GraphModule(copy.deepcopy(network).cpu(), torch.float32).eval()
+    errors = dict.fromkeys(_output_names(spec), 0.0)
+    for seed in range(2):
+        inputs = _example_inputs(spec, spec.batch_opt, seed)
+        got = sess.run(None, {k: v.numpy() for k, v in inputs.items()})
+        with torch.no_grad():
+            want = reference(*(v.float() if k == X else v for k, v in inputs.items()))
+        for name, g, w in zip(errors, got, want):
+            errors[name] = max(errors[name], float(np.abs(g.astype(np.float64) - w.double().numpy()).max()))
+    return errors

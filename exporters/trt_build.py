@@ -1,0 +1,215 @@
+"""ONNX graph (made by `amed-deploy export`) -> TensorRT plan + sidecar manifest.
+
+Works against the TensorRT 10 and 11 Python APIs. Precision comes from the ONNX graph's own types:
+TRT 11 networks are always strongly typed (the FP16 builder flag is gone), and on TRT 10 we ask for a
+strongly typed network explicitly so both behave the same. After building, the engine's I/O dtypes are
+checked against the graph's precision, because a silently fp32 engine is the classic TRT 11 failure.
+
+CLI: `amed-deploy build` should call `build_command_impl(onnx, out, **options)` and print its result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import onnx
+import torch
+
+from amed_deploy.atomic import atomic_write_bytes
+from amed_deploy.checkpoint import file_sha256
+from amed_deploy.errors import AmedError
+from amed_deploy.metadata import GraphSpec, spec_from_metadata_props
+from amed_deploy.runtime.executor import io_shapes
+from amed_deploy.runtime.manifest import (
+    HARDWARE_COMPATIBILITY,
+    Manifest,
+    check_engine_io,
+    manifest_path_for,
+    write_manifest,
+)
+from amed_deploy.runtime.trt_executor import engine_io, gpu_identity, import_tensorrt, make_logger, trt_major
+
+__all__ = ["build_command_impl", "build_engine", "onnx_graph_spec", "profile_shapes"]
+
+
+def onnx_graph_spec(onnx_path: str | os.PathLike) -> GraphSpec:
+    """The GraphSpec an exported ONNX carries in metadata_props (weights are not loaded)."""
+    path = Path(onnx_path)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except FileNotFoundError:
+        raise AmedError(f"ONNX file {path} does not exist") from None
+    except Exception as e:  # protobuf raises its own DecodeError types
+        raise AmedError(f"{path} is not a readable ONNX model: {type(e).__name__}: {e}") from None
+    return spec_from_metadata_props({p.key: p.value for p in model.metadata_props}, source=str(path))
+
+
+def profile_shapes(spec: GraphSpec, batch_opt: int | None = None) -> dict[str, list[list[int]]]:
+    """{input: [min, opt, max] shapes}: only the batch dimension varies (tight profiles build fast)."""
+    opt = spec.batch_opt if batch_opt is None else batch_opt
+    spec.check_batch(opt)
+    per_batch = [io_shapes(spec, b)[0] for b in (spec.batch_min, opt, spec.batch_max)]
+    return {name: [list(shapes[name]) for shapes in per_batch] for name in per_batch[0]}
+
+
+def build_engine(
+    onnx_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    *,
+    workspace_gib: float = 4.0,
+    timing_cache: str | os.PathLike | None = None,
+    builder_optimization_level: int | None = None,
+    hardware_compatibility: str | None = None,
+    version_compatible: bool = False,
+    batch_opt: int | None = None,
+) -> Manifest:
+    """Build a plan for the current GPU; write it and `<out>.json` atomically, only once it checks out."""
+    trt = import_tensorrt()  # before any work: without TensorRT nothing is read or written
+    if not workspace_gib > 0:
+        raise AmedError(f"workspace must be positive, got {workspace_gib} GiB")
+    if hardware_compatibility not in (None, *HARDWARE_COMPATIBILITY):
+        raise AmedError(
+            f"hardware compatibility must be one of {HARDWARE_COMPATIBILITY}, got {hardware_compatibility!r}"
+        )
+    if builder_optimization_level is not None and not 0 <= builder_optimization_level <= 5:
+        raise AmedError(f"builder optimization level must be 0..5, got {builder_optimization_level}")
+    onnx_path, out_path = Path(onnx_path), Path(out_path)
+    if out_path.resolve() == onnx_path.resolve():
+        raise AmedError(f"refusing to overwrite the ONNX graph {onnx_path} with the plan")
+    spec = onnx_graph_spec(onnx_path)
+    profile = profile_shapes(spec, batch_opt)
+    if batch_opt is not None:
+        spec = dataclasses.replace(spec, batch_opt=batch_opt)
+
+    if not torch.cuda.is_available():
+        raise AmedError("building a TensorRT engine needs the CUDA GPU it will run on; none is visible")
+    gpu_name, cc = gpu_identity(torch.device("cuda", torch.cuda.current_device()))
+
+    logger = make_logger(trt)
+    builder = trt.Builder(logger)
+    network = _create_network(trt, builder)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)) or parser.num_errors:
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors)) or logger.last_errors()
+        raise AmedError(f"TensorRT could not parse {onnx_path}: {errors}")
+    names = sorted(network.get_input(i).name for i in range(network.num_inputs))
+    if names != sorted(profile):
+        raise AmedError(f"{onnx_path} has inputs {names}, its metadata promises {sorted(profile)}")
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
+    opt_profile = builder.create_optimization_profile()
+    for name, (lo, mid, hi) in profile.items():
+        opt_profile.set_shape(name, lo, mid, hi)
+    if config.add_optimization_profile(opt_profile) < 0:
+        raise AmedError(f"TensorRT rejected the optimization profile {profile} ({logger.last_errors()})")
+    if builder_optimization_level is not None:
+        config.builder_optimization_level = builder_optimization_level
+    if hardware_compatibility is not None:
+        config.hardware_compatibility_level = _hardware_level(trt, hardware_compatibility)
+    if version_compatible:
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    if timing_cache is not None:
+        _attach_timing_cache(config, Path(timing_cache))
+
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise AmedError(f"TensorRT failed to build an engine from {onnx_path}: {logger.last_errors()}")
+    data = bytes(plan)
+    del plan
+
+    runtime = trt.Runtime(logger)
+    if version_compatible:
+        runtime.engine_host_code_allowed = True
+    engine = runtime.deserialize_cuda_engine(data)
+    if engine is None:
+        raise AmedError(f"TensorRT could not load the engine it just built ({logger.last_errors()})")
+    io = engine_io(trt, engine)
+    check_engine_io(spec, io)  # a silently fp32 engine stops here, before anything is written
+    built_profile = {
+        t["name"]: [[int(d) for d in s] for s in engine.get_tensor_profile_shape(t["name"], 0)]
+        for t in io
+        if t["mode"] == "input"
+    }
+    del engine, runtime
+
+    manifest = Manifest(
+        plan_sha256=hashlib.sha256(data).hexdigest(),
+        plan_bytes=len(data),
+        tensorrt_version=str(trt.__version__),
+        gpu_name=gpu_name,
+        compute_capability=cc,
+        hardware_compatibility=hardware_compatibility,
+        version_compatible=bool(version_compatible),
+        io=io,
+        profile=built_profile,
+        onnx_sha256=file_sha256(onnx_path),
+        built_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        graph=spec.to_dict(),
+    )
+    if timing_cache is not None:
+        atomic_write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
+    atomic_write_bytes(out_path, data)
+    write_manifest(manifest_path_for(out_path), manifest)
+    return manifest
+
+
+def build_command_impl(onnx: str | os.PathLike, out: str | os.PathLike, **options: Any) -> str:
+    """What `amed-deploy build` runs: build, then a short summary for the terminal.
+
+    options are build_engine's keyword arguments (workspace_gib, timing_cache, builder_optimization_level,
+    hardware_compatibility, version_compatible, batch_opt).
+    """
+    m = build_engine(onnx, out, **options)
+    spec = m.spec
+    extra = [s for s in (m.hardware_compatibility, "version-compatible" if m.version_compatible else None) if s]
+    return (
+        f"wrote {out} ({m.plan_bytes / 2**20:.1f} MiB) and {manifest_path_for(out).name}: TensorRT "
+        f"{m.tensorrt_version}, {m.gpu_name} (cc {m.compute_capability}), {spec.kind} {spec.precision}, "
+        f"batch {spec.batch_min}..{spec.batch_max} (opt {spec.batch_opt})" + (f", {', '.join(extra)}" if extra else "")
+    )
+
+
+def _create_network(trt: ModuleType, builder: Any) -> Any:
+    """Strongly typed network: TRT 11 always is (flags gone, create_network(0)); TRT 10 needs the flag."""
+    if trt_major(trt) >= 11:
+        return builder.create_network(0)
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    if flag is None:
+        raise AmedError(
+            f"TensorRT {trt.__version__} cannot build strongly typed networks; install TensorRT 10 or newer"
+        )
+    return builder.create_network(1 << int(flag))
+
+
+def _hardware_level(trt: ModuleType, name: str) -> Any:
+    member = {"ampere_plus": "AMPERE_PLUS", "same_cc": "SAME_COMPUTE_CAPABILITY"}[name]
+    level = getattr(trt.HardwareCompatibilityLevel, member, None)
+    if level is None:
+        raise AmedError(f"TensorRT {trt.__version__} does not support hardware compatibility {name!r}")
+    return level
+
+
+def _attach_timing_cache(config: Any, path: Path) -> None:
+    """Reuse tactic timings from an earlier build; a cache from another TRT/GPU is ignored, not fatal."""
+    if path.is_file() and path.stat().st_size:
+        try:
+            cache = config.create_timing_cache(path.read_bytes())
+        except Exception:  # TensorRT's error type for a corrupt cache is not part of its API
+            cache = None
+        if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+            return
+        print(
+            f"[amed-deploy] timing cache {path} is from another TensorRT/GPU or corrupt; starting a new one",
+            file=sys.stderr,
+        )
+    cache = config.create_timing_cache(b"")
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+        raise AmedError(f"TensorRT could not set up the timing cache {path}")
