@@ -9,7 +9,10 @@ import re
 import torch
 from torch import Tensor, nn
 
+from . import __version__
+from .config import SamplerConfig
 from .errors import AmedError
+from .metadata import GraphSpec
 from .networks import feature_shapes
 from .predictor import FEATURE_SIZE, AMEDPredictor
 from .solvers import Evaluation
@@ -62,6 +65,69 @@ class AMEDNetwork(nn.Module):
         denoised, (feature,) = self.net(x, sigma, class_labels, taps=(self.tap,))
         r, c, a = self.predictor(feature.detach(), sigma, sigma_next)
         return denoised, r, c, a
+
+
+class DeployModule(nn.Module):
+    """AMEDNetwork with the deployed graph's boundary: x and denoised in the graph's precision (the
+    U-Net runs fp16 in fp16 graphs; preconditioning, sigmas and g_phi stay fp32). Traced by the
+    exporter and run by the PyTorch executor, so both compute the same thing."""
+
+    def __init__(self, network: AMEDNetwork, precision: str = "fp32"):
+        super().__init__()
+        self.network = network
+        self.image_dtype = torch.float16 if precision == "fp16" else torch.float32
+        if precision == "fp16":
+            network.net.model.half()
+
+    def forward(self, x: Tensor, sigma: Tensor, sigma_next: Tensor, class_labels: Tensor | None = None):
+        out = self.network(x.float(), sigma, sigma_next, class_labels)
+        return (out[0].to(self.image_dtype), *out[1:])
+
+
+def afs_constants(network: AMEDNetwork, sampler: SamplerConfig | None) -> tuple[float, float, float] | None:
+    """g_phi on a zero feature for the first interval after AFS: fixed by the times, so computed once."""
+    if network.predictor is None or sampler is None or not sampler.afs:
+        return None
+    device = next(network.predictor.parameters()).device
+    t = torch.tensor([sampler.t_steps[0]], device=device)
+    t_next = torch.tensor([sampler.t_steps[1]], device=device)
+    with torch.no_grad():
+        r, c, a = network.predictor(None, t, t_next)
+    return (float(r), float(c), float(a))
+
+
+def graph_spec(
+    network: AMEDNetwork,
+    sampler: SamplerConfig | None,
+    precision: str,
+    batch: int,
+    batch_range: tuple[int, int] | None = None,
+    checkpoint_sha256: str | None = None,
+    predictor_sha256: str | None = None,
+) -> GraphSpec:
+    """The record describing this network as a deployed graph (ONNX metadata, manifests, PyTorch executor)."""
+    net = network.net
+    lo, hi = batch_range if batch_range else (batch, batch)
+    if not 1 <= lo <= batch <= hi:
+        raise AmedError(f"need 1 <= min batch <= batch <= max batch, got {lo} <= {batch} <= {hi}")
+    if network.predictor is not None and sampler is None:
+        raise AmedError("an AMED graph needs its sampler configuration")
+    return GraphSpec(
+        kind="amed" if network.predictor is not None else "denoiser",
+        precision=precision,
+        image_shape=(net.img_channels, net.img_resolution, net.img_resolution),
+        label_dim=network.label_dim,
+        batch_min=lo,
+        batch_opt=batch,
+        batch_max=hi,
+        sampler=sampler,
+        afs_rca=afs_constants(network, sampler),
+        tap=network.tap,
+        checkpoint_sha256=checkpoint_sha256,
+        predictor_sha256=predictor_sha256,
+        network={"class": type(net).__name__, "model_type": getattr(net, "model_type", None)},
+        producer={"amed_deploy": __version__, "torch": str(torch.__version__)},
+    )
 
 
 class TorchModel:

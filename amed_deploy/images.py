@@ -19,7 +19,9 @@ def to_uint8(images: Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).numpy().astype(np.uint8)
 
 
-def grid(images: Tensor, ncol: int | None = None, row_labels: Sequence[str] | None = None, scale: int = 1) -> Image.Image:
+def grid(
+    images: Tensor, ncol: int | None = None, row_labels: Sequence[str] | None = None, scale: int = 1
+) -> Image.Image:
     """Tile a batch into one image; with row_labels, a caption column on the left of each row."""
     pix = to_uint8(images)
     b, h, w, c = pix.shape

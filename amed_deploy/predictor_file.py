@@ -38,7 +38,7 @@ def save_predictor(path: str | os.PathLike, bundle: PredictorBundle) -> None:
         "sampler": bundle.sampler.to_dict(),
         "tap": bundle.tap,
         "checkpoint_sha256": bundle.checkpoint_sha256,
-        "training": {"amed_deploy": __version__, "torch": torch.__version__, **bundle.training},
+        "training": {"amed_deploy": __version__, "torch": str(torch.__version__), **bundle.training},
     }
     buf = io.BytesIO()
     torch.save(payload, buf)
@@ -54,7 +54,9 @@ def load_predictor(
     except FileNotFoundError:
         raise AmedError(f"predictor file not found: {path}") from None
     except Exception as e:  # torch raises many types for corrupt files
-        raise AmedError(f"{path} is not a readable predictor file ({type(e).__name__}): truncated or corrupt?") from None
+        raise AmedError(
+            f"{path} is not a readable predictor file ({type(e).__name__}): truncated or corrupt?"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise AmedError(f"{path} is not an amed-deploy predictor file (made by `amed-deploy distill`)")
     if payload.get("format_version") != FORMAT_VERSION:

@@ -32,9 +32,7 @@ class LoadedModel:
         return (net.img_channels, net.img_resolution, net.img_resolution)
 
 
-def load_model(
-    ckpt: str | os.PathLike, predictor: str | os.PathLike | None = None, force: bool = False
-) -> LoadedModel:
+def load_model(ckpt: str | os.PathLike, predictor: str | os.PathLike | None = None, force: bool = False) -> LoadedModel:
     """Checkpoint -> network, plus the predictor (refused if it was distilled for another checkpoint)."""
     sha = file_sha256(ckpt)
     net = build_model(load_checkpoint(ckpt))

@@ -11,6 +11,7 @@ predictor stay fp32: TensorRT 11 is strongly typed, so the precision must be in 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import tempfile
 from dataclasses import dataclass
@@ -19,10 +20,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from amed_deploy import __version__
-from amed_deploy.amed_network import AMEDNetwork
+from amed_deploy.amed_network import AMEDNetwork, DeployModule, graph_spec
 from amed_deploy.atomic import atomic_write_bytes
 from amed_deploy.config import SamplerConfig
 from amed_deploy.errors import AmedError
@@ -32,19 +32,6 @@ from amed_deploy.runtime.executor import DENOISED, LABELS, PREDICTOR_OUTPUTS, SI
 OPSET = 18
 # Parity bounds against the fp32 PyTorch module, on images whose scale is O(1).
 TOLERANCE = {"fp32": 1e-4, "fp16": 5e-2}
-
-
-class _GraphModule(nn.Module):
-    """What is traced: casts at the graph boundary so the I/O dtypes state the precision."""
-
-    def __init__(self, network: AMEDNetwork, image_dtype: torch.dtype):
-        super().__init__()
-        self.network = network
-        self.image_dtype = image_dtype
-
-    def forward(self, x: Tensor, sigma: Tensor, sigma_next: Tensor, class_labels: Tensor | None = None):
-        out = self.network(x.float(), sigma, sigma_next, class_labels)
-        return (out[0].to(self.image_dtype), *out[1:])
 
 
 @dataclass
@@ -70,31 +57,12 @@ def export_onnx(
     passes. `batch_range=(min, max)` makes the batch dimension dynamic with `batch` as the optimum."""
     if precision not in TOLERANCE:
         raise AmedError(f"precision must be fp32 or fp16, got {precision!r}")
-    lo, hi = batch_range if batch_range else (batch, batch)
-    if not 1 <= lo <= batch <= hi:
-        raise AmedError(f"need 1 <= min batch <= batch <= max batch, got {lo} <= {batch} <= {hi}")
-    if network.predictor is not None and sampler is None:
-        raise AmedError("an AMED graph needs its sampler configuration")
-    net = network.net
-    spec = GraphSpec(
-        kind="amed" if network.predictor is not None else "denoiser",
-        precision=precision,
-        image_shape=(net.img_channels, net.img_resolution, net.img_resolution),
-        label_dim=network.label_dim,
-        batch_min=lo,
-        batch_opt=batch,
-        batch_max=hi,
-        sampler=sampler,
-        afs_rca=_afs_constants(network, sampler),
-        tap=network.tap,
-        checkpoint_sha256=checkpoint_sha256,
-        predictor_sha256=predictor_sha256,
-        network={"class": type(net).__name__, "model_type": getattr(net, "model_type", None)},
-        producer={"amed_deploy": __version__, "torch": torch.__version__, "opset": OPSET},
-    )
-    module = _graph_module(network, precision).eval()
-    example = _example_inputs(spec, max(batch, 2) if hi > lo else batch)
-    model = _trace(module, example, spec, dynamic=hi > lo)
+    spec = graph_spec(network, sampler, precision, batch, batch_range, checkpoint_sha256, predictor_sha256)
+    spec = dataclasses.replace(spec, producer={**spec.producer, "opset": OPSET})
+    dynamic = spec.batch_max > spec.batch_min
+    module = DeployModule(copy.deepcopy(network).cpu().requires_grad_(False), precision).eval()
+    example = _example_inputs(spec, max(batch, 2) if dynamic else batch)
+    model = _trace(module, example, spec, dynamic)
     model.metadata_props.add(key=METADATA_KEY, value=spec.to_json())
     onnx.checker.check_model(model, full_check=True)
     data = model.SerializeToString()
@@ -109,24 +77,6 @@ def export_onnx(
             )
     atomic_write_bytes(out, data)
     return ExportResult(Path(out), spec, errors)
-
-
-def _afs_constants(network: AMEDNetwork, sampler: SamplerConfig | None) -> tuple[float, float, float] | None:
-    """g_phi on a zero feature for the first interval after AFS: fixed by the times, so precomputed."""
-    if network.predictor is None or sampler is None or not sampler.afs:
-        return None
-    t = torch.tensor([sampler.t_steps[0]])
-    t_next = torch.tensor([sampler.t_steps[1]])
-    with torch.no_grad():
-        r, c, a = network.predictor.cpu()(None, t, t_next)
-    return (float(r), float(c), float(a))
-
-
-def _graph_module(network: AMEDNetwork, precision: str) -> _GraphModule:
-    network = copy.deepcopy(network).cpu().eval().requires_grad_(False)
-    if precision == "fp16":
-        network.net.model.half()  # the U-Net; preconditioning and predictor stay fp32
-    return _GraphModule(network, torch.float16 if precision == "fp16" else torch.float32)
 
 
 def _example_inputs(spec: GraphSpec, batch: int, seed: int = 0) -> dict[str, Tensor]:
@@ -150,7 +100,7 @@ def _output_names(spec: GraphSpec) -> list[str]:
     return [DENOISED, *(PREDICTOR_OUTPUTS if spec.kind == "amed" else ())]
 
 
-def _trace(module: _GraphModule, example: dict[str, Tensor], spec: GraphSpec, dynamic: bool) -> onnx.ModelProto:
+def _trace(module: DeployModule, example: dict[str, Tensor], spec: GraphSpec, dynamic: bool) -> onnx.ModelProto:
     names = list(example)
     dynamic_shapes = None
     if dynamic:
@@ -181,7 +131,7 @@ def parity_errors(data: bytes, network: AMEDNetwork, spec: GraphSpec) -> dict[st
     import onnxruntime as ort
 
     sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    reference = _GraphModule(copy.deepcopy(network).cpu(), torch.float32).eval()
+    reference = DeployModule(copy.deepcopy(network).cpu(), "fp32").eval()
     errors = dict.fromkeys(_output_names(spec), 0.0)
     for seed in range(2):
         inputs = _example_inputs(spec, spec.batch_opt, seed)

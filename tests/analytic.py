@@ -62,9 +62,7 @@ class MixtureModel:
         logw = torch.log(self.weights)[None] - 0.5 * dist2 / var - 0.5 * dim * torch.log(var)
         w = torch.softmax(logw, dim=1)  # posterior over components
         s2 = self.stds[None, :, None] ** 2
-        comp = (s2 * flat[:, None, :] + sigma[:, None, None] ** 2 * self.mus[None]) / (
-            s2 + sigma[:, None, None] ** 2
-        )
+        comp = (s2 * flat[:, None, :] + sigma[:, None, None] ** 2 * self.mus[None]) / (s2 + sigma[:, None, None] ** 2)
         return (w[:, :, None] * comp).sum(1).reshape(x.shape)
 
     def __call__(self, x: Tensor, sigma: Tensor, sigma_next: Tensor) -> Evaluation:

@@ -144,9 +144,7 @@ def test_amed_with_half_equals_dpm_solver_2(gaussian):
     t = make_schedule("time_uniform", 6, SMIN, SMAX)
     for afs in (False, True):
         ref, _ = sample(model, x0, t, SolverConfig("dpm2", afs=afs))
-        amed, _ = sample(
-            GaussianModel(model.mu, model.s, r=0.5, c=1.0, a=1.0), x0, t, SolverConfig("amed", afs=afs)
-        )
+        amed, _ = sample(GaussianModel(model.mu, model.s, r=0.5, c=1.0, a=1.0), x0, t, SolverConfig("amed", afs=afs))
         torch.testing.assert_close(amed, ref, rtol=1e-13, atol=1e-12)
 
 
@@ -158,9 +156,7 @@ def test_amed_per_sample_coefficients_broadcast(gaussian):
     c = torch.tensor([0.99, 1.0, 1.01], dtype=torch.float64)
     a = torch.tensor([1.0, 0.98, 1.02], dtype=torch.float64)
     for solver in ("amed", "amed_euler", "amed_ipndm"):
-        batch, _ = sample(
-            GaussianModel(model.mu, model.s, r=r, c=c, a=a), x0, t, SolverConfig(solver, afs=True)
-        )
+        batch, _ = sample(GaussianModel(model.mu, model.s, r=r, c=c, a=a), x0, t, SolverConfig(solver, afs=True))
         for i in range(3):
             one = GaussianModel(model.mu[i : i + 1], model.s, r=r[i].item(), c=c[i].item(), a=a[i].item())
             single, _ = sample(one, x0[i : i + 1], t, SolverConfig(solver, afs=True))
@@ -177,9 +173,7 @@ def test_amed_per_sample_coefficients_broadcast(gaussian):
 def test_nfe_accounting(gaussian, solver, afs, n_points):
     model, x0 = gaussian
     counting = GaussianModel(model.mu, model.s, r=0.5)
-    _, state = sample(
-        counting, x0, make_schedule("polynomial", n_points, SMIN, SMAX), SolverConfig(solver, afs=afs)
-    )
+    _, state = sample(counting, x0, make_schedule("polynomial", n_points, SMIN, SMAX), SolverConfig(solver, afs=afs))
     assert counting.calls == state.nfe == nfe_for(solver, n_points, afs)
     if nfe_for(solver, n_points, afs) >= 1:
         assert points_for_nfe(solver, nfe_for(solver, n_points, afs), afs) == n_points

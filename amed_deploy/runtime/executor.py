@@ -26,6 +26,7 @@ class Executor(Protocol):
     device: torch.device
     inputs: dict[str, Tensor]
     outputs: dict[str, Tensor]
+    capturable: bool  # run() may be recorded into a CUDA graph by the caller (not ORT: it has its own)
 
     def run(self) -> None:
         """Evaluate the graph on the current input buffers, writing the output buffers."""

@@ -43,7 +43,9 @@ def read_spec(session, source: str) -> GraphSpec:
 class OnnxExecutor:
     """Runs an exported graph with preallocated torch buffers bound through ORT's I/O binding."""
 
-    def __init__(self, path: str | os.PathLike, batch: int, device: torch.device, cuda_graph: bool = False):
+    capturable = False  # ORT records its own CUDA graph (enable_cuda_graph)
+
+    def __init__(self, path: str | os.PathLike, batch: int | None, device: torch.device, cuda_graph: bool = False):
         self.device = torch.device(device)
         if self.device.type == "cuda":
             options = {"device_id": self.device.index or 0}
@@ -58,7 +60,7 @@ class OnnxExecutor:
         if self.device.type == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
             raise AmedError("ONNX Runtime has no CUDA provider here: install onnxruntime-gpu with CUDA 13")
         self.spec = read_spec(self.session, str(path))
-        self.inputs, self.outputs = allocate(self.spec, batch, self.device)
+        self.inputs, self.outputs = allocate(self.spec, self.spec.batch_opt if batch is None else batch, self.device)
         self._check_signature(path)
         self.cuda_graph = cuda_graph
         self.binding = self.session.io_binding()

@@ -44,9 +44,7 @@ def reference_solution(
         return dxdu.to(torch.float64).cpu().numpy().ravel()
 
     y0 = x.detach().to(torch.float64).cpu().numpy().ravel()
-    sol = solve_ivp(
-        rhs, (math.log(sigma_start), math.log(sigma_end)), y0, method=method, rtol=rtol, atol=atol
-    )
+    sol = solve_ivp(rhs, (math.log(sigma_start), math.log(sigma_end)), y0, method=method, rtol=rtol, atol=atol)
     if not sol.success:
         raise AmedError(f"reference ODE solve failed: {sol.message}")
     return torch.from_numpy(sol.y[:, -1]).reshape(shape).to(device=device, dtype=dtype)

@@ -185,9 +185,7 @@ def _predictor(ev: Evaluation, solver: str) -> tuple[Tensor, Tensor | float, Ten
     return ev.r, (1.0 if ev.c is None else ev.c), (1.0 if ev.a is None else ev.a)
 
 
-def step(
-    model: Model, x: Tensor, t_steps: Sequence[float], n: int, solver: SolverConfig, state: SolverState
-) -> Tensor:
+def step(model: Model, x: Tensor, t_steps: Sequence[float], n: int, solver: SolverConfig, state: SolverState) -> Tensor:
     """Advance x over interval n, from t_steps[n] to t_steps[n+1].
 
     With AFS the first interval (n = 0) uses the analytical slope instead of a network call."""
@@ -196,11 +194,7 @@ def step(
     if solver.afs and n == 0:
         d = afs_slope(x, t)
         denoised = x - t * d
-        ev = (
-            model.predict_without_feature(_sigmas(x, t), _sigmas(x, t_next))
-            if solver.uses_predictor
-            else None
-        )
+        ev = model.predict_without_feature(_sigmas(x, t), _sigmas(x, t_next)) if solver.uses_predictor else None
     else:
         ev = _call(model, state, x, t, t_next)
         denoised = ev.denoised

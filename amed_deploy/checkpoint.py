@@ -1,0 +1,506 @@
+"""The project's own checkpoint format: network class + kwargs + weights + provenance, validated.
+
+An official EDM snapshot is a pickle that can execute code; once converted (see
+:mod:`amed_deploy.edm_pickle`) every later step reads this format instead, which loads without
+unpickling arbitrary objects:
+
+- ``*.pt``: ``torch.save`` of ``{'format', 'format_version', 'network_class', 'network_kwargs',
+  'state_dict', 'metadata', 'content_sha256'}``, read back with ``torch.load(weights_only=True)``;
+- ``*.safetensors``: the tensors, plus one metadata entry ``'amed_deploy'`` holding the JSON of the
+  same header fields (and the key order). Optionally stored in fp16/bf16 to keep bundled models small.
+
+``content_sha256`` covers the header and every tensor's bytes, so a truncated or bit-flipped file is
+reported instead of silently producing a different model.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import math
+import os
+import pickle
+import re
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from amed_deploy import __version__
+from amed_deploy.atomic import atomic_open, atomic_write_with
+from amed_deploy.errors import AmedError
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "Checkpoint",
+    "build_model",
+    "describe_checkpoint",
+    "file_sha256",
+    "load_checkpoint",
+    "parse_dtype",
+    "save_checkpoint",
+    "torch_error_reason",
+]
+
+FORMAT = "amed-deploy/edm-checkpoint"
+FORMAT_VERSION = 1
+_SAFETENSORS_KEY = "amed_deploy"
+_ZIP_MAGIC = b"PK\x03\x04"
+# torch.save's legacy (non-zip) format starts with this pickled magic number.
+_LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
+_SAVE_DTYPES = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "half": torch.float16,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+}
+
+
+@dataclass
+class Checkpoint:
+    """An EDM-style network: how to construct it and its weights, plus JSON-able provenance."""
+
+    network_class: str
+    network_kwargs: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def num_parameters(self) -> int:
+        """Trainable-parameter count (buffers listed in metadata['buffer_keys'] excluded, as EDM counts)."""
+        buffers = set(self.metadata.get("buffer_keys") or ())
+        return sum(t.numel() for k, t in self.state_dict.items() if k not in buffers)
+
+
+def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """Accept 'fp32'/'fp16'/'bf16' (or a torch dtype) for storage; None keeps tensors as they are."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        if dtype is not None and dtype not in set(_SAVE_DTYPES.values()):
+            raise AmedError(f"unsupported storage dtype {dtype}; use float32, float16 or bfloat16")
+        return dtype
+    key = str(dtype).lower().removeprefix("torch.")
+    if key not in _SAVE_DTYPES:
+        raise AmedError(f"unsupported dtype {dtype!r}; use one of fp32, fp16, bf16")
+    return _SAVE_DTYPES[key]
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file, read in chunks so multi-GB checkpoints do not need to fit in memory."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------- validation helpers
+
+
+def _short(x: Any, limit: int = 60) -> str:
+    """repr() for error messages: one line and bounded, whatever a damaged file holds."""
+    text = repr(x)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _plain_json(obj: Any, where: str) -> Any:
+    """A JSON-able copy of `obj` (tuples become lists); non-string keys and other types are errors."""
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    if isinstance(obj, float):
+        return obj
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            if not isinstance(k, str):
+                raise AmedError(f"{where} has a non-string key {_short(k)} ({type(k).__name__}); keys must be strings")
+            out[k] = _plain_json(v, f"{where}.{k}")
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [_plain_json(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+    raise AmedError(f"{where} is a {type(obj).__name__}; only JSON-able values (numbers, strings, lists, dicts)")
+
+
+def _canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=True, ensure_ascii=True)
+
+
+def _check_state_dict(sd: Any, what: str) -> dict[str, torch.Tensor]:
+    if not isinstance(sd, dict):
+        raise AmedError(f"{what}: state_dict is a {type(sd).__name__}, not a dict of tensors")
+    if not sd:
+        raise AmedError(f"{what}: state_dict is empty")
+    out = {}
+    for k, v in sd.items():
+        if not isinstance(k, str) or not k:
+            raise AmedError(f"{what}: state_dict has a non-string key {_short(k)} ({type(k).__name__})")
+        if not isinstance(v, torch.Tensor):
+            raise AmedError(f"{what}: state_dict[{_short(k)}] is a {type(v).__name__}, not a tensor")
+        out[k] = v
+    return out
+
+
+def _header(ckpt: Checkpoint, what: str) -> dict[str, Any]:
+    if not isinstance(ckpt.network_class, str) or not ckpt.network_class.isidentifier():
+        raise AmedError(f"{what}: network_class {_short(ckpt.network_class)} is not a class name")
+    if not isinstance(ckpt.network_kwargs, dict):
+        raise AmedError(f"{what}: network_kwargs is a {type(ckpt.network_kwargs).__name__}, not a dict")
+    if not isinstance(ckpt.metadata, dict):
+        raise AmedError(f"{what}: metadata is a {type(ckpt.metadata).__name__}, not a dict")
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "network_class": ckpt.network_class,
+        "network_kwargs": _plain_json(ckpt.network_kwargs, "network_kwargs"),
+        "metadata": _plain_json(ckpt.metadata, "metadata"),
+    }
+
+
+def _tensor_bytes(t: torch.Tensor) -> memoryview:
+    flat = t.detach().cpu().contiguous().reshape(-1)
+    return memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(b"")
+
+
+def _content_digest(header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    h.update(_canonical_json(header).encode())
+    for key in sorted(tensors):
+        t = tensors[key]
+        h.update(b"\n" + _canonical_json([key, str(t.dtype), list(t.shape)]).encode() + b"\n")
+        h.update(_tensor_bytes(t))
+    return h.hexdigest()
+
+
+def _prepare_tensors(sd: dict[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    """Detached, contiguous CPU tensors that own their storage (safetensors refuses shared memory)."""
+    out: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for k, t in sd.items():
+        t = t.detach().cpu()
+        if dtype is not None and t.is_floating_point() and t.dtype != dtype:
+            cast = t.to(dtype)
+            if bool((torch.isfinite(t) & ~torch.isfinite(cast)).any()):
+                raise AmedError(f"tensor {k} has values outside the range of {dtype}; save it as fp32 instead")
+            t = cast
+        storage = t.untyped_storage()
+        whole = t.is_contiguous() and t.storage_offset() == 0 and storage.nbytes() == t.numel() * t.element_size()
+        if not whole or storage.data_ptr() in seen:
+            t = t.contiguous().clone()
+        if t.numel():
+            seen.add(t.untyped_storage().data_ptr())
+        out[k] = t
+    return out
+
+
+def _with_default_metadata(ckpt: Checkpoint) -> Checkpoint:
+    meta = dict(ckpt.metadata) if isinstance(ckpt.metadata, dict) else ckpt.metadata
+    if isinstance(meta, dict):
+        meta.setdefault("created", datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+        meta.setdefault("amed_deploy_version", __version__)
+    return Checkpoint(ckpt.network_class, ckpt.network_kwargs, ckpt.state_dict, meta)
+
+
+# ---------------------------------------------------------------- save
+
+
+def save_checkpoint(ckpt: Checkpoint, path: str | os.PathLike, *, dtype: str | torch.dtype | None = None) -> None:
+    """Write `ckpt` atomically: ``.safetensors`` when the name says so, otherwise a ``torch.save`` file.
+
+    `dtype` (e.g. 'fp16') casts floating tensors for storage; loading casts back to fp32 by default.
+    """
+    path = Path(path)
+    what = str(path)
+    store_dtype = parse_dtype(dtype)
+    ckpt = _with_default_metadata(ckpt)
+    header = _header(ckpt, what)
+    tensors = _prepare_tensors(_check_state_dict(ckpt.state_dict, what), store_dtype)
+    digest = _content_digest(header, tensors)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        stored = {**header, "order": list(tensors), "content_sha256": digest}
+        meta = {_SAFETENSORS_KEY: json.dumps(stored, separators=(",", ":"), allow_nan=True)}
+        atomic_write_with(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    else:
+        payload = {**header, "state_dict": tensors, "content_sha256": digest}
+        with atomic_open(path) as f:
+            torch.save(payload, f)
+
+
+# ---------------------------------------------------------------- load
+
+
+def _sniff(path: Path) -> str:
+    """'pt', 'safetensors', 'pickle' or '' from the first bytes; the suffix decides only when content cannot."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head.startswith(_ZIP_MAGIC) or head.startswith(_LEGACY_TORCH_MAGIC):
+        return "pt"
+    if len(head) >= 9:
+        (n,) = struct.unpack("<Q", head[:8])
+        if head[8:9] == b"{" and n < (100 << 20):  # JSON header (possibly truncated)
+            return "safetensors"
+    if head[:1] == b"\x80" and len(head) >= 2 and 2 <= head[1] <= 5:
+        return "pickle"
+    return {".pt": "pt", ".pth": "pt", ".safetensors": "safetensors", ".pkl": "pickle"}.get(path.suffix.lower(), "")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+_TORCH_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")
+
+
+def torch_error_reason(e: BaseException, limit: int = 200) -> str:
+    """The informative part of a (often many-paragraph) torch.load error, on one line."""
+    paragraphs = [" ".join(p.split()) for p in re.split(r"\n\s*\n", str(e))]
+    useful = [p for p in paragraphs if p and not p.startswith(_TORCH_BOILERPLATE)]
+    reason = useful[0] if useful else (paragraphs[0] if paragraphs and paragraphs[0] else type(e).__name__)
+    return reason if len(reason) <= limit else reason[: limit - 3] + "..."
+
+
+def _load_pt(path: Path, what: str) -> dict[str, Any]:
+    try:
+        obj = torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as e:
+        raise AmedError(
+            f"cannot load {what}: it holds more than plain weights or is corrupt "
+            f"(torch.load(weights_only=True) refused it: {torch_error_reason(e)}). A whole pickled model "
+            "(torch.save(model)) is not supported; convert EDM snapshots with `amed-deploy convert`"
+        ) from None
+    except Exception as e:
+        raise AmedError(f"cannot load {what}: truncated or corrupt torch file ({torch_error_reason(e)})") from None
+    if not isinstance(obj, dict):
+        raise AmedError(f"{what} is not an amed-deploy checkpoint: it holds a {type(obj).__name__}, not a dict")
+    if "format" not in obj:
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            raise AmedError(
+                f"{what} is a plain state dict ({len(obj)} tensors) without the network class and kwargs; "
+                "convert the original EDM snapshot with `amed-deploy convert SNAPSHOT.pkl --out edm.pt`, or wrap "
+                "it: save_checkpoint(Checkpoint(network_class, network_kwargs, state_dict, {}), 'edm.pt')"
+            )
+        keys = sorted(str(k) for k in obj)[:8]
+        raise AmedError(f"{what} is not an amed-deploy checkpoint (no 'format' tag; keys: {keys})")
+    return obj
+
+
+def _load_safetensors(path: Path, what: str) -> dict[str, Any]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            raw_meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # safetensors may raise a Rust panic (a BaseException) on bad input
+        raise AmedError(f"cannot load {what}: truncated or corrupt safetensors file ({_first_line(e)})") from None
+    if _SAFETENSORS_KEY not in raw_meta:
+        raise AmedError(
+            f"{what} is a plain safetensors file ({len(tensors)} tensors) without amed-deploy metadata "
+            "(network class and kwargs); save it with amed_deploy.checkpoint.save_checkpoint"
+        )
+    try:
+        header = json.loads(raw_meta[_SAFETENSORS_KEY])
+    except ValueError as e:
+        raise AmedError(f"cannot load {what}: corrupt amed-deploy metadata ({e})") from None
+    if not isinstance(header, dict):
+        raise AmedError(f"cannot load {what}: corrupt amed-deploy metadata (not a JSON object)")
+    order = header.pop("order", None)
+    if isinstance(order, list) and sorted(order) == sorted(tensors):
+        tensors = {k: tensors[k] for k in order}
+    elif order is not None:
+        raise AmedError(f"cannot load {what}: corrupt amed-deploy metadata (key order does not match tensors)")
+    return {**header, "state_dict": tensors}
+
+
+def _from_payload(obj: dict[str, Any], what: str) -> Checkpoint:
+    fmt = obj.get("format")
+    if fmt != FORMAT:
+        raise AmedError(f"{what} has format tag {_short(fmt)}, expected {FORMAT!r}")
+    version = obj.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise AmedError(f"{what} has a bad format_version {_short(version)}")
+    if version > FORMAT_VERSION:
+        raise AmedError(
+            f"{what} is format version {version}; this amed-deploy ({__version__}) reads up to {FORMAT_VERSION}, "
+            "upgrade it"
+        )
+    for key in ("network_class", "network_kwargs", "state_dict", "metadata", "content_sha256"):
+        if key not in obj:
+            raise AmedError(f"{what} is missing the {key!r} field")
+    if not isinstance(obj["network_kwargs"], dict) or not isinstance(obj["metadata"], dict):
+        raise AmedError(f"{what}: network_kwargs and metadata must be dicts")
+    ckpt = Checkpoint(
+        network_class=obj["network_class"],
+        network_kwargs=obj["network_kwargs"],
+        state_dict=_check_state_dict(obj["state_dict"], what),
+        metadata=obj["metadata"],
+    )
+    header = _header(ckpt, what)
+    if _content_digest(header, ckpt.state_dict) != obj["content_sha256"]:
+        raise AmedError(f"{what} is corrupt: its content checksum does not match (damaged or edited file)")
+    ckpt.network_kwargs = header["network_kwargs"]
+    ckpt.metadata = header["metadata"]
+    return ckpt
+
+
+def load_checkpoint(path: str | os.PathLike, *, dtype: str | torch.dtype | None = torch.float32) -> Checkpoint:
+    """Load an amed-deploy ``.pt``/``.safetensors`` file or an official EDM snapshot ``.pkl``.
+
+    The kind is detected from the content (the suffix only breaks ties). Floating tensors are cast to
+    `dtype` (fp32 by default, undoing fp16 storage); ``dtype=None`` keeps them as stored.
+    """
+    path = Path(path)
+    what = str(path)
+    want = parse_dtype(dtype)
+    if not path.exists():
+        raise AmedError(f"{what}: no such file")
+    if path.is_dir():
+        raise AmedError(f"{what} is a directory, not a checkpoint file")
+    if path.stat().st_size == 0:
+        raise AmedError(f"{what} is empty")
+    kind = _sniff(path)
+    if kind == "pt":
+        ckpt = _from_payload(_load_pt(path, what), what)
+    elif kind == "safetensors":
+        ckpt = _from_payload(_load_safetensors(path, what), what)
+    elif kind == "pickle":
+        from amed_deploy.edm_pickle import load_edm_snapshot
+
+        ckpt = load_edm_snapshot(path)
+    else:
+        raise AmedError(
+            f"{what}: unrecognised file (expected an amed-deploy .pt/.safetensors checkpoint or an EDM snapshot .pkl)"
+        )
+    if want is not None:
+        ckpt.state_dict = {
+            k: (t.to(want) if t.is_floating_point() and t.dtype != want else t) for k, t in ckpt.state_dict.items()
+        }
+    return ckpt
+
+
+# ---------------------------------------------------------------- model
+
+
+def build_model(ckpt: Checkpoint) -> torch.nn.Module:
+    """Construct the network and load the weights strictly; returns it in eval mode without grads."""
+    try:
+        from amed_deploy.networks import build_network
+    except ImportError as e:
+        raise AmedError(f"network implementations are not available ({e})") from None
+    try:
+        model = build_network(ckpt.network_class, dict(ckpt.network_kwargs))
+    except AmedError:
+        raise
+    except (TypeError, ValueError, KeyError) as e:
+        raise AmedError(f"cannot build {ckpt.network_class} from the checkpoint's kwargs: {_first_line(e)}") from None
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in ckpt.state_dict]
+    unexpected = [k for k in ckpt.state_dict if k not in expected]
+    shapes = [
+        f"{k} {list(ckpt.state_dict[k].shape)} vs {list(v.shape)}"
+        for k, v in expected.items()
+        if k in ckpt.state_dict and ckpt.state_dict[k].shape != v.shape
+    ]
+    if missing or unexpected or shapes:
+
+        def few(items: list[str]) -> str:
+            return ", ".join(items[:4]) + (f", ... ({len(items) - 4} more)" if len(items) > 4 else "")
+
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys ({few(missing)})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys ({few(unexpected)})")
+        if shapes:
+            parts.append(f"{len(shapes)} shape mismatches (checkpoint vs network: {few(shapes)})")
+        raise AmedError(f"the weights do not match {ckpt.network_class}: " + "; ".join(parts))
+    try:
+        model.load_state_dict(ckpt.state_dict, strict=True)
+    except RuntimeError as e:
+        raise AmedError(f"cannot load the weights into {ckpt.network_class}: {_first_line(e)}") from None
+    return model.eval().requires_grad_(False)
+
+
+# ---------------------------------------------------------------- description (for `info`)
+
+# Constructor defaults of the EDM preconditioners (facts from EDM_NETWORKS.md).
+_PRECOND_DEFAULTS: dict[str, dict[str, Any]] = {
+    "EDMPrecond": {"model_type": "DhariwalUNet", "sigma_min": 0.0, "sigma_max": math.inf, "sigma_data": 0.5},
+    "VPPrecond": {"model_type": "SongUNet", "beta_d": 19.9, "beta_min": 0.1, "M": 1000, "epsilon_t": 1e-5},
+    "VEPrecond": {"model_type": "SongUNet", "sigma_min": 0.02, "sigma_max": 100.0},
+    "iDDPMPrecond": {"model_type": "DhariwalUNet", "C_1": 0.001, "C_2": 0.008, "M": 1000},
+}
+_KEY_KWARGS = (
+    "model_channels",
+    "channel_mult",
+    "num_blocks",
+    "attn_resolutions",
+    "channel_mult_emb",
+    "augment_dim",
+    "dropout",
+    "embedding_type",
+    "encoder_type",
+    "decoder_type",
+    "channel_mult_noise",
+    "resample_filter",
+    "use_fp16",
+)
+
+
+def _sigma_range(ckpt: Checkpoint, kw: dict[str, Any]) -> tuple[float | None, float | None]:
+    cls = ckpt.network_class
+    try:
+        if cls in ("EDMPrecond", "VEPrecond"):
+            return float(kw["sigma_min"]), float(kw["sigma_max"])
+        if cls == "VPPrecond":
+
+            def sigma(t: float) -> float:
+                return math.sqrt(math.expm1(0.5 * kw["beta_d"] * t**2 + kw["beta_min"] * t))
+
+            return sigma(kw["epsilon_t"]), sigma(1.0)
+        if cls == "iDDPMPrecond" and "u" in ckpt.state_dict:
+            u = ckpt.state_dict["u"]
+            return float(u[int(kw["M"]) - 1]), float(u[0])
+    except (KeyError, TypeError, ValueError, IndexError, OverflowError):
+        pass
+    return None, None
+
+
+def describe_checkpoint(ckpt: Checkpoint) -> dict[str, Any]:
+    """A summary for humans: architecture, size, noise range, conditioning, image shape, provenance."""
+    kw = {**_PRECOND_DEFAULTS.get(ckpt.network_class, {}), **ckpt.network_kwargs}
+    model_type = kw.get("model_type") or (ckpt.metadata.get("edm") or {}).get("model_class")
+    if model_type == "SongUNet":
+        flavour = "NCSN++" if kw.get("embedding_type") == "fourier" else "DDPM++"
+    elif model_type == "DhariwalUNet":
+        flavour = "ADM"
+    else:
+        flavour = None
+    sigma_min, sigma_max = _sigma_range(ckpt, kw)
+    res, ch = kw.get("img_resolution"), kw.get("img_channels")
+    dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in ckpt.state_dict.values()})
+    return {
+        "network_class": ckpt.network_class,
+        "model_type": model_type,
+        "architecture": flavour,
+        "parameters": ckpt.num_parameters(),
+        "parameters_exclude_buffers": "buffer_keys" in ckpt.metadata,
+        "tensors": len(ckpt.state_dict),
+        "dtypes": dtypes,
+        "image_shape": [ch, res, res] if res is not None and ch is not None else None,
+        "label_dim": kw.get("label_dim", 0),
+        "sigma_min": sigma_min,
+        "sigma_max": sigma_max,
+        "sigma_data": kw.get("sigma_data"),
+        "kwargs": {k: kw[k] for k in _KEY_KWARGS if k in kw},
+        "metadata": ckpt.metadata,
+    }

@@ -1,0 +1,208 @@
+"""The deployed sampler: one executor (TensorRT plan, ONNX graph, or PyTorch checkpoint), buffers
+preallocated for a fixed (batch, NFE), and the shared solver loop from `amed_deploy.solvers`.
+
+Concurrency model: a Sampler owns one set of device buffers, so calls on one Sampler are serialised
+by a lock (safe from many threads, one at a time). For parallel sampling create several Samplers;
+they share nothing. Every call is deterministic given its seed and classes.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ..amed_network import graph_spec
+from ..config import SamplerConfig
+from ..distill import sigma_range
+from ..errors import AmedError
+from ..metadata import GraphSpec
+from ..noise import make_inputs
+from ..solvers import Evaluation, canonical_solver, sample
+from .executor import DENOISED, LABELS, SIGMA, SIGMA_NEXT, Executor, X
+
+CHECKPOINT_SUFFIXES = (".pt", ".safetensors", ".pkl")
+
+
+@dataclass
+class SampleOutput:
+    images: Tensor  # [B,C,H,W] float32 on the sampler's device, unclamped (data range ~[-1, 1])
+    labels: Tensor | None  # [B,L] one-hot, or None for unconditional models
+    seed: int
+
+
+class ExecutorModel:
+    """The solvers' Model interface over an executor's buffers: copy in, run, hand out views."""
+
+    def __init__(self, executor: Executor):
+        self.executor = executor
+        spec, dev = executor.spec, executor.device
+        batch = executor.inputs[X].shape[0]
+        rca = spec.afs_rca or (0.5, 1.0, 1.0)
+        self._afs = Evaluation(torch.empty(0, device=dev), *(torch.full((batch, 1, 1, 1), v, device=dev) for v in rca))
+        self._amed = spec.kind == "amed"
+
+    def __call__(self, x: Tensor, sigma: Tensor, sigma_next: Tensor) -> Evaluation:
+        ins, outs = self.executor.inputs, self.executor.outputs
+        ins[X].copy_(x)
+        ins[SIGMA].copy_(sigma)
+        ins[SIGMA_NEXT].copy_(sigma_next)
+        self.executor.run()
+        denoised = outs[DENOISED].float()
+        if not self._amed:
+            return Evaluation(denoised)
+        return Evaluation(denoised, outs["r"], outs["c"], outs["a"])
+
+    def predict_without_feature(self, sigma: Tensor, sigma_next: Tensor) -> Evaluation:
+        if self.executor.spec.afs_rca is None:
+            raise AmedError("this graph carries no AFS predictor constants (exported without AFS)")
+        return self._afs
+
+
+class Sampler:
+    """Sampler.load(path).sample(seed=...) -> images. See the module docstring for threading."""
+
+    def __init__(self, executor: Executor, sampler: SamplerConfig, cuda_graph: bool = False):
+        self.executor = executor
+        self.spec: GraphSpec = executor.spec
+        self.config = sampler
+        self.device = executor.device
+        self.batch = executor.inputs[X].shape[0]
+        self._model = ExecutorModel(executor)
+        self._noise = torch.zeros_like(executor.inputs[X], dtype=torch.float32)
+        self._lock = threading.Lock()
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._want_graph = cuda_graph and self.device.type == "cuda" and executor.capturable
+        self._result: Tensor | None = None
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike,
+        *,
+        batch: int | None = None,
+        device: str | torch.device | None = None,
+        predictor: str | os.PathLike | None = None,
+        solver: str | None = None,
+        nfe: int | None = None,
+        schedule: str = "polynomial",
+        afs: bool = False,
+        precision: str = "fp32",
+        cuda_graph: bool = False,
+        force: bool = False,
+    ) -> Sampler:
+        """Open a `.plan` (TensorRT + manifest), an `.onnx` (ONNX Runtime), or a checkpoint
+        (`.pt`/`.safetensors`/`.pkl`, PyTorch, with --predictor for AMED). `solver`/`nfe` choose a
+        training-free solver on a plain denoiser graph; an AMED graph fixes its own."""
+        path = Path(path)
+        dev = torch.device(device) if device is not None else _default_device()
+        suffix = path.suffix.lower()
+        if suffix == ".onnx":
+            from .onnx_executor import OnnxExecutor
+
+            executor: Executor = OnnxExecutor(path, batch, dev, cuda_graph=cuda_graph)
+        elif suffix == ".plan":
+            from .trt_executor import TRTExecutor
+
+            executor = TRTExecutor.open(path, batch, dev)
+        elif suffix in CHECKPOINT_SUFFIXES:
+            executor = _torch_executor(path, predictor, batch or 1, dev, precision, solver, nfe, schedule, afs, force)
+        else:
+            raise AmedError(f"{path}: unknown file type {suffix!r}; expected .plan, .onnx or a checkpoint (.pt)")
+        return cls(executor, resolve_sampler(executor.spec, solver, nfe, schedule, afs), cuda_graph=cuda_graph)
+
+    def sample(
+        self, seed: int = 0, classes: int | Sequence[int] | None = None, noise: Tensor | None = None
+    ) -> SampleOutput:
+        """Draw one batch. `noise` (standard normal [B,C,H,W]) overrides the seeded noise."""
+        seeded, labels = make_inputs(seed, self.batch, self.spec.image_shape, self.spec.label_dim, classes)
+        if noise is not None:
+            if tuple(noise.shape) != tuple(self._noise.shape):
+                raise AmedError(f"noise must have shape {tuple(self._noise.shape)}, got {tuple(noise.shape)}")
+            seeded = noise
+        if not torch.isfinite(seeded).all():
+            raise AmedError("input noise contains NaN or infinite values")
+        with self._lock:
+            self._noise.copy_(seeded)
+            if labels is not None:
+                self.executor.inputs[LABELS].copy_(labels)
+            images = self._run().clone()
+        if not torch.isfinite(images).all():
+            raise AmedError(
+                "the sampler produced NaN/inf values"
+                + (" (fp16 overflow? try the fp32 graph)" if self.spec.precision == "fp16" else "")
+            )
+        return SampleOutput(images, labels, seed)
+
+    def _loop(self) -> Tensor:
+        x, _ = sample(self._model, self._noise * self.config.t_steps[0], self.config.t_steps, self.config.solver_config)
+        return x
+
+    def _run(self) -> Tensor:
+        if not self._want_graph:
+            return self._loop()
+        if self._graph is None:
+            self._capture()
+        self._graph.replay()
+        return self._result
+
+    def _capture(self) -> None:
+        """Record the whole NFE loop as one CUDA graph (static buffers, so replay needs no Python)."""
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for _ in range(2):  # warm up allocator and backend outside capture
+                self._loop()
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._result = self._loop()
+        self._graph = graph
+
+
+def resolve_sampler(
+    spec: GraphSpec, solver: str | None, nfe: int | None, schedule: str = "polynomial", afs: bool = False
+) -> SamplerConfig:
+    """The graph's own configuration, or a training-free solver run on its denoiser output."""
+    own = spec.sampler
+    if solver is None or (own is not None and canonical_solver(solver) == own.solver):
+        if own is None:
+            raise AmedError("this graph has no AMED predictor: choose a solver and NFE (e.g. --solver ipndm --nfe 5)")
+        if nfe is not None and nfe != own.nfe:
+            raise AmedError(
+                f"this graph was exported for NFE {own.nfe} ({own.solver}), not NFE {nfe}: "
+                "distil and export a predictor for that NFE"
+            )
+        return own
+    if nfe is None:
+        raise AmedError(f"--nfe is needed with --solver {solver}")
+    lo, hi = (own.sigma_min, own.sigma_max) if own is not None else (0.002, 80.0)
+    cfg = SamplerConfig.create(solver, nfe, schedule, lo, hi, afs)
+    if cfg.solver_config.uses_predictor:
+        raise AmedError(
+            f"solver {cfg.solver} needs a predictor distilled for it; this graph has "
+            + (f"one for {own.solver}" if spec.kind == "amed" and own else "none")
+        )
+    return cfg
+
+
+def _torch_executor(path, predictor, batch, dev, precision, solver, nfe, schedule, afs, force) -> Executor:
+    from ..sampling import load_model
+    from .torch_executor import TorchExecutor
+
+    loaded = load_model(path, predictor, force=force)
+    own = loaded.bundle.sampler if loaded.bundle else None
+    if own is None and solver is not None and nfe is not None:
+        lo, hi = sigma_range(loaded.network.net)
+        own = SamplerConfig.create(solver, nfe, schedule, lo, hi, afs)
+    spec = graph_spec(loaded.network, own, precision, batch, checkpoint_sha256=loaded.checkpoint_sha256)
+    return TorchExecutor(loaded.network, spec, batch, dev)
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,0 +1,78 @@
+"""Shared fixtures: a tiny random EDM network saved as a checkpoint, a predictor distilled for it,
+and graphs exported from both. Session-scoped: distillation and export are the slow parts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from amed_deploy.checkpoint import Checkpoint, file_sha256, save_checkpoint
+from amed_deploy.distill import DistillConfig, distill
+from amed_deploy.networks import build_network, randomize_
+from amed_deploy.predictor_file import PredictorBundle, save_predictor
+
+# 16x16 grayscale, 3 classes, attention at 8x8: small enough for CPU tests, every block type present.
+TINY_KWARGS = dict(
+    img_resolution=16,
+    img_channels=1,
+    label_dim=3,
+    model_type="SongUNet",
+    model_channels=16,
+    channel_mult=[1, 1],
+    num_blocks=1,
+    attn_resolutions=[8],
+    dropout=0.0,
+)
+# a few hundred optimiser steps (60 batches x 3 intervals)
+TINY_DISTILL = DistillConfig(batch=8, kimg=0.48, lr=5e-3, seed=0)
+
+
+def tiny_net(seed: int = 0) -> torch.nn.Module:
+    """Randomised (not EDM's near-zero output init) so every layer matters in parity tests."""
+    return randomize_(build_network("EDMPrecond", dict(TINY_KWARGS)), seed, scale=0.5).eval()
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("amed")
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(workdir) -> Path:
+    net = tiny_net()
+    path = workdir / "edm.pt"
+    save_checkpoint(Checkpoint("EDMPrecond", dict(TINY_KWARGS), net.state_dict(), {"note": "test"}), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def distilled(workdir, tiny_ckpt):
+    """(network with trained predictor, sampler config, losses, predictor path)."""
+    from amed_deploy.checkpoint import build_model, load_checkpoint
+
+    net = build_model(load_checkpoint(tiny_ckpt))
+    network, sampler, losses = distill(net, TINY_DISTILL, progress=False)
+    path = workdir / "amed5.pt"
+    save_predictor(path, PredictorBundle(network.predictor, sampler, network.tap, file_sha256(tiny_ckpt)))
+    return network, sampler, losses, path
+
+
+@pytest.fixture(scope="session")
+def amed_onnx(workdir, tiny_ckpt, distilled) -> Path:
+    """fp32 AMED graph with a dynamic batch 1..8."""
+    from exporters.onnx_export import export_onnx
+
+    network, sampler, _, pred_path = distilled
+    out = workdir / "amed5.onnx"
+    export_onnx(
+        network,
+        out,
+        sampler=sampler,
+        batch=4,
+        batch_range=(1, 8),
+        checkpoint_sha256=file_sha256(tiny_ckpt),
+        predictor_sha256=file_sha256(pred_path),
+    )
+    return out

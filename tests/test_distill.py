@@ -1,0 +1,163 @@
+"""Distillation lowers the error to the teacher on held-out noise; AMED-Plugin sampling; the CLI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import TINY_DISTILL, TINY_KWARGS, tiny_net
+from PIL import Image
+
+from amed_deploy.amed_network import AMEDNetwork
+from amed_deploy.cli import main
+from amed_deploy.distill import DistillConfig, distill, endpoint_rmse
+from amed_deploy.errors import AmedError
+from amed_deploy.predictor import AMEDPredictor
+from amed_deploy.sampling import baseline_sampler, reference_sample
+from amed_deploy.solvers import SolverConfig
+
+HELD_OUT = range(10**6, 10**6 + 3)  # training seeds are cfg.seed * 1_000_003 + i, i < 60
+
+
+def test_distillation_beats_dpm_solver_2_on_held_out_noise(distilled):
+    network, sampler, losses, _ = distilled
+    assert sampler.solver == "amed" and sampler.nfe == 5 and sampler.num_points == 4 and sampler.afs
+    trained = endpoint_rmse(network, sampler.solver_config, sampler, TINY_DISTILL, HELD_OUT, 8)
+    dpm2 = endpoint_rmse(network, SolverConfig("dpm2", afs=True), sampler, TINY_DISTILL, HELD_OUT, 8)
+    # the untrained predictor (fresh Kaiming init, same seed) at the same NFE, for completeness
+    torch.manual_seed(TINY_DISTILL.seed)
+    untrained = AMEDNetwork(network.net, AMEDPredictor(network.predictor.config), network.tap)
+    fresh = endpoint_rmse(untrained, sampler.solver_config, sampler, TINY_DISTILL, HELD_OUT, 8)
+    assert trained < 0.5 * dpm2, (trained, dpm2)
+    assert trained < 0.5 * fresh, (trained, fresh)
+    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
+
+
+def test_distillation_leaves_the_network_unchanged(distilled, tiny_ckpt):
+    from amed_deploy.checkpoint import load_checkpoint
+
+    network, *_ = distilled
+    saved = load_checkpoint(tiny_ckpt).state_dict
+    assert all(torch.equal(saved[k], v) for k, v in network.net.state_dict().items())
+    assert not any(p.requires_grad for p in network.net.parameters())
+
+
+@pytest.mark.parametrize("student", ["amed_euler", "amed_ipndm"])
+def test_plugin_students_train_and_sample(tiny_ckpt, student):
+    from amed_deploy.checkpoint import build_model, load_checkpoint
+
+    net = build_model(load_checkpoint(tiny_ckpt))
+    cfg = DistillConfig(student=student, nfe=5, afs=True, batch=4, kimg=0.012, schedule="polynomial")
+    network, sampler, losses = distill(net, cfg, progress=False)
+    assert sampler.solver == student and len(losses) == 3 and np.isfinite(losses).all()
+    images, labels = reference_sample(network, sampler, seed=0, batch=3, classes=[0, 1, 2])
+    assert images.shape == (3, 1, 16, 16) and torch.isfinite(images).all()
+    assert labels.argmax(1).tolist() == [0, 1, 2]
+
+
+def test_distill_validation():
+    net = tiny_net()
+    with pytest.raises(AmedError, match="no predictor to train"):
+        distill(net, DistillConfig(student="heun", nfe=6, afs=False, kimg=0.001), progress=False)
+    with pytest.raises(AmedError, match="NFE 4 is impossible"):
+        distill(net, DistillConfig(nfe=4, afs=True, kimg=0.001), progress=False)
+
+
+def test_class_labels_change_samples(distilled):
+    network, sampler, *_ = distilled
+    a, _ = reference_sample(network, sampler, seed=0, batch=2, classes=0)
+    b, _ = reference_sample(network, sampler, seed=0, batch=2, classes=2)
+    assert (a - b).abs().max() > 1e-3
+    with pytest.raises(AmedError, match="out of range"):
+        reference_sample(network, sampler, seed=0, batch=2, classes=3)
+
+
+def test_cli_distill_and_sample(tmp_path, tiny_ckpt):
+    runner = CliRunner()
+    pred = tmp_path / "p.pt"
+    res = runner.invoke(
+        main,
+        [
+            "distill",
+            "--ckpt",
+            str(tiny_ckpt),
+            "--nfe",
+            "3",
+            "--batch",
+            "4",
+            "--kimg",
+            "0.008",
+            "--out",
+            str(pred),
+            "--device",
+            "cpu",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert "held-out RMSE" in res.output and pred.exists()
+    res = runner.invoke(main, ["distill", "--ckpt", str(tiny_ckpt), "--nfe", "3", "--out", str(pred)])
+    assert res.exit_code == 2 and "already exists" in res.output
+    res = runner.invoke(main, ["distill", "--ckpt", str(tiny_ckpt), "--nfe", "4", "--out", str(tmp_path / "x.pt")])
+    assert res.exit_code == 2 and "NFE 4 is impossible" in res.output and not (tmp_path / "x.pt").exists()
+
+    grid, npz = tmp_path / "grid.png", tmp_path / "s.npz"
+    res = runner.invoke(
+        main,
+        [
+            "sample",
+            "--ckpt",
+            str(tiny_ckpt),
+            "--predictor",
+            str(pred),
+            "--batch",
+            "4",
+            "--out",
+            str(grid),
+            "--npz",
+            str(npz),
+            "--class",
+            "1",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert Image.open(grid).size[0] > 0
+    arrays = np.load(npz)
+    assert arrays["images"].shape == (4, 16, 16, 1) and arrays["labels"].tolist() == [1, 1, 1, 1]
+    res = runner.invoke(
+        main,
+        [
+            "sample",
+            "--ckpt",
+            str(tiny_ckpt),
+            "--solver",
+            "ipndm",
+            "--nfe",
+            "5",
+            "--batch",
+            "2",
+            "--out",
+            str(tmp_path / "b.png"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(main, ["sample", "--ckpt", str(tiny_ckpt), "--predictor", str(pred), "--nfe", "5"])
+    assert res.exit_code == 2 and "distilled for NFE 3" in res.output
+
+
+def test_predictor_for_another_checkpoint_is_refused(tmp_path, distilled):
+    from amed_deploy.checkpoint import Checkpoint, save_checkpoint
+
+    other = tmp_path / "other.pt"
+    save_checkpoint(Checkpoint("EDMPrecond", dict(TINY_KWARGS), tiny_net(seed=1).state_dict(), {}), other)
+    *_, pred = distilled
+    res = CliRunner().invoke(
+        main, ["sample", "--ckpt", str(other), "--predictor", str(pred), "--out", str(tmp_path / "g.png")]
+    )
+    assert res.exit_code == 2 and "distilled for checkpoint" in res.output
+    assert not (tmp_path / "g.png").exists()
+
+
+def test_baseline_sampler_grid():
+    cfg = baseline_sampler(tiny_net(), "dpmpp3m", 5)
+    assert cfg.num_points == 6 and cfg.schedule == "polynomial"
