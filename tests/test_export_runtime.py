@@ -166,8 +166,9 @@ def test_cli_export_and_run(tmp_path, tiny_ckpt, distilled):
     *_, pred = distilled
     runner = CliRunner()
     onnx_path = tmp_path / "engines" / "amed5.onnx"
-    res = runner.invoke(main, ["export", "--ckpt", str(tiny_ckpt), "--predictor", str(pred), "--out",
-                               str(onnx_path), "--batch", "2"])
+    res = runner.invoke(
+        main, ["export", "--ckpt", str(tiny_ckpt), "--predictor", str(pred), "--out", str(onnx_path), "--batch", "2"]
+    )
     assert res.exit_code == 0, res.output
     assert "max abs error" in res.output and onnx_path.exists()
     png, npz = tmp_path / "s.png", tmp_path / "s.npz"

@@ -1,0 +1,78 @@
+"""GPU parity (run on the GPU machine through the device tool: `pytest -m gpu`): the PyTorch CUDA
+executor and ONNX Runtime's CUDA provider, fp32 and fp16, against the fp32 CPU reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_net
+
+from amed_deploy.runtime import Sampler
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run through the device tool)"),
+]
+BOUND = {"fp32": 1e-3, "fp16": 5e-2}  # relative to the data scale; fp32 allows cuDNN's algorithm choice
+
+
+def _rel(a, b):
+    return ((a.cpu() - b.cpu()).abs().max() / max(1.0, b.abs().max().item())).item()
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_ckpt, distilled):
+    *_, pred = distilled
+    return Sampler.load(tiny_ckpt, predictor=pred, batch=4, device="cpu").sample(seed=5).images
+
+
+@pytest.fixture(autouse=True)
+def no_tf32():
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_torch_cuda_executor(tiny_ckpt, distilled, reference, precision):
+    *_, pred = distilled
+    smp = Sampler.load(tiny_ckpt, predictor=pred, batch=4, device="cuda", precision=precision)
+    images = smp.sample(seed=5).images
+    err = _rel(images, reference)
+    print(f"PyTorch CUDA {precision}: rel. max abs error {err:.2e}")
+    assert err <= BOUND[precision]
+    graphed = Sampler.load(tiny_ckpt, predictor=pred, batch=4, device="cuda", precision=precision, cuda_graph=True)
+    first = graphed.sample(seed=5).images
+    before = torch.cuda.memory_allocated()
+    for seed in (6, 5):
+        again = graphed.sample(seed=seed).images
+    assert torch.cuda.memory_allocated() <= before + 4 * again.numel() * 4  # no per-call reallocation
+    assert _rel(first, images) <= 1e-4 and torch.equal(again, first)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_onnxruntime_cuda_provider(tmp_path, distilled, reference, precision):
+    ort = pytest.importorskip("onnxruntime")
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("onnxruntime-gpu with a CUDA provider is not installed (stage it: ../shared/device/stage.sh)")
+    from exporters.onnx_export import export_onnx
+
+    network, sampler, *_ = distilled
+    path = tmp_path / f"g_{precision}.onnx"
+    export_onnx(network, path, sampler=sampler, precision=precision, batch=4)
+    images = Sampler.load(path, device="cuda").sample(seed=5).images
+    err = _rel(images, reference)
+    print(f"ORT CUDA {precision}: rel. max abs error {err:.2e}")
+    assert err <= BOUND[precision]
+    graphed = Sampler.load(path, device="cuda", cuda_graph=True)
+    for _ in range(2):
+        assert _rel(graphed.sample(seed=5).images, images) <= 1e-4
+
+
+def test_tiny_net_is_not_degenerate():
+    """The parity above means something only if the network output depends on its input."""
+    net = tiny_net().cuda()
+    x = torch.randn(2, 1, 16, 16, device="cuda")
+    d = net(x, torch.full((2,), 2.0, device="cuda"))
+    assert (d - net(x * 0.5, torch.full((2,), 2.0, device="cuda"))).abs().max() > 1e-2
