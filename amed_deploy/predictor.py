@@ -3,6 +3,7 @@ where (r), how far (c) and at which noise level (a) the single extra evaluation 
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -29,8 +30,8 @@ class PredictorConfig:
 def sigma_embedding(sigma: Tensor, channels: int = 8) -> Tensor:
     """Sinusoidal embedding of the raw sigma: frequencies (1e-4)^(k/(channels/2 - 1)), [sin, cos]."""
     half = channels // 2
-    k = torch.arange(half, dtype=torch.float32, device=sigma.device)
-    freqs = torch.pow(torch.tensor(1e-4, device=sigma.device), k / (half - 1))
+    # built on the device from scalars (no host-to-device copy, so it can be CUDA-graph captured)
+    freqs = torch.exp(torch.arange(half, dtype=torch.float32, device=sigma.device) * (math.log(1e-4) / (half - 1)))
     angles = sigma.reshape(-1, 1).float() * freqs[None]
     return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 from conftest import tiny_net
 
+from amed_deploy.errors import AmedError
 from amed_deploy.runtime import Sampler
 
 pytestmark = [
@@ -65,7 +66,11 @@ def test_onnxruntime_cuda_provider(tmp_path, distilled, reference, precision):
     err = _rel(images, reference)
     print(f"ORT CUDA {precision}: rel. max abs error {err:.2e}")
     assert err <= BOUND[precision]
-    graphed = Sampler.load(path, device="cuda", cuda_graph=True)
+    try:
+        graphed = Sampler.load(path, device="cuda", cuda_graph=True)
+    except AmedError as e:  # ORT could not capture: it must say so at load time, clearly
+        assert "could not record this graph as a CUDA graph" in str(e)
+        return
     for _ in range(2):
         assert _rel(graphed.sample(seed=5).images, images) <= 1e-4
 

@@ -11,7 +11,7 @@ import torch
 
 from ..errors import AmedError
 from ..metadata import GraphSpec, spec_from_metadata_props
-from .executor import allocate
+from .executor import SIGMA, SIGMA_NEXT, allocate
 
 _ORT_TYPES = {torch.float32: "tensor(float)", torch.float16: "tensor(float16)"}
 _NP_TYPES = {torch.float32: np.float32, torch.float16: np.float16}
@@ -48,7 +48,7 @@ class OnnxExecutor:
     def __init__(self, path: str | os.PathLike, batch: int | None, device: torch.device, cuda_graph: bool = False):
         self.device = torch.device(device)
         if self.device.type == "cuda":
-            options = {"device_id": self.device.index or 0}
+            options = {"device_id": self.device.index or 0, "use_tf32": "0"}  # fp32 graphs mean fp32
             if cuda_graph:
                 options["enable_cuda_graph"] = "1"
             else:  # share torch's stream so torch ops and ORT kernels stay ordered without host syncs
@@ -74,6 +74,24 @@ class OnnxExecutor:
                     list(t.shape),
                     t.data_ptr(),
                 )
+
+        if self.device.type == "cuda" and cuda_graph:
+            self._capture()
+
+    def _capture(self) -> None:
+        """ORT records its CUDA graph on the first runs: do them now, so a graph that cannot be
+        captured fails at load time with a clear message instead of in the middle of sampling."""
+        self.inputs[SIGMA].fill_(1.0)
+        self.inputs[SIGMA_NEXT].fill_(0.5)
+        try:
+            for _ in range(3):
+                self.run()
+        except Exception as e:  # ORT reports CUDA errors as RuntimeError with a long C++ trace
+            raise AmedError(
+                "ONNX Runtime could not record this graph as a CUDA graph (a kernel in it is not "
+                f"capturable: {str(e).split(';')[0][-120:]}); load it without cuda_graph, or use the "
+                "PyTorch or TensorRT executor, whose whole-loop CUDA graph works"
+            ) from None
 
     def _check_signature(self, path: str | os.PathLike) -> None:
         have = {a.name: a.type for a in [*self.session.get_inputs(), *self.session.get_outputs()]}

@@ -126,8 +126,8 @@ def afs_slope(x: Tensor, t: float) -> Tensor:
 
 def geometric_time(t: float, t_next: float, r: float | Tensor) -> float | Tensor:
     """s = t_next^r * t^(1-r): the intermediate time a fraction r of the way in log time."""
-    if isinstance(r, Tensor):
-        return t * torch.pow(torch.as_tensor(t_next / t, dtype=r.dtype, device=r.device), r)
+    if isinstance(r, Tensor):  # scalar math only: no host-to-device copy (CUDA-graph capturable)
+        return t * torch.exp(r * math.log(t_next / t))
     return t * (t_next / t) ** r
 
 
