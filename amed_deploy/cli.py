@@ -405,6 +405,51 @@ def run(engine, predictor, batch, seed, classes, solver, nfe, out, npz, cuda_gra
     _write_images(result.images, result.labels, out, npz)
 
 
+@main.command("train-edm")
+@click.option(
+    "--data",
+    default="/usr/share/datasets/fashion-mnist",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Fashion-MNIST IDX files (Debian: dataset-fashion-mnist).",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Run folder: train-state.pt (resumable), edm.pt and edm-fp16.safetensors (EMA weights).",
+)
+@click.option("--minutes", default=9.0, show_default=True, help="Wall-time budget of this call; then save and stop.")
+@click.option("--kimg", default=8000.0, show_default=True, help="Total training length in thousands of images.")
+@click.option("--batch", default=256, show_default=True)
+@click.option("--lr", default=1e-3, show_default=True)
+@click.option("--channels", default=64, show_default=True, help="SongUNet model_channels.")
+@click.option("--channel-mult", default="1,2,2", show_default=True)
+@click.option("--blocks", default=2, show_default=True, help="Blocks per resolution.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--init", type=click.Path(dir_okay=False, path_type=Path), help="Start from this checkpoint's weights.")
+@_device_option
+def train_edm(data, out, minutes, kimg, batch, lr, channels, channel_mult, blocks, seed, init, device) -> None:
+    """Train a class-conditional EDM model on Fashion-MNIST (32x32, 1 channel, 10 classes).
+
+    Resumable: run it again with the same --out to continue (training may span several calls)."""
+    from amed_deploy.data import load_fashion_mnist, to_model_space
+    from amed_deploy.train_edm import TrainConfig, train
+
+    raw, labels = load_fashion_mnist(data, "train")
+    import torch
+
+    images = to_model_space(raw)
+    onehot = torch.nn.functional.one_hot(torch.as_tensor(labels, dtype=torch.long), 10).float()
+    mult = tuple(int(v) for v in channel_mult.split(","))
+    cfg = TrainConfig(model_channels=channels, channel_mult=mult, num_blocks=blocks, batch=batch, lr=lr, seed=seed)
+    summary = train(images, onehot, out, cfg, minutes, kimg, _resolve_device(device), init)
+    click.echo(
+        f"trained to {summary['nimg'] / 1000:.0f} kimg ({summary['steps']} steps, {summary['seconds'] / 60:.1f} min "
+        f"in all), recent loss {summary['recent_loss']:.4f}; wrote {out / 'edm.pt'}"
+    )
+
+
 @main.command()
 @click.option("--out", default=Path("samples.png"), show_default=True, type=click.Path(dir_okay=False, path_type=Path))
 def demo(out: Path) -> None:
