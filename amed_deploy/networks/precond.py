@@ -109,8 +109,6 @@ class _Precond(nn.Module):
             taps=taps,
         )
         f_x, feats = result if taps else (result, ())
-        if f_x.dtype != dtype:
-            raise RuntimeError(f"network returned {f_x.dtype}, expected {dtype}")
         d_x = c_skip * x + c_out * f_x[:, : self.img_channels].to(torch.float32)
         return (d_x, feats) if taps else d_x
 
