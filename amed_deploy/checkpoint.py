@@ -162,7 +162,8 @@ def _header(ckpt: Checkpoint, what: str) -> dict[str, Any]:
 
 
 def _tensor_bytes(t: torch.Tensor) -> memoryview:
-    flat = t.detach().cpu().contiguous().reshape(-1)
+    # a fresh dense buffer: size-1 dims of a (possibly corrupted) tensor may carry stride 0
+    flat = torch.empty(t.numel(), dtype=t.dtype).copy_(t.detach().cpu().reshape(-1))
     return memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(b"")
 
 

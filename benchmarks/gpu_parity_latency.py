@@ -21,29 +21,13 @@ import torch
 from amed_deploy.amed_network import AMEDNetwork
 from amed_deploy.checkpoint import Checkpoint, file_sha256, save_checkpoint
 from amed_deploy.config import SamplerConfig
-from amed_deploy.networks import build_network, randomize_
+from amed_deploy.networks import CIFAR10_KWARGS, build_network, randomize_
 from amed_deploy.predictor import AMEDPredictor
 from amed_deploy.predictor_file import PredictorBundle, save_predictor
 from amed_deploy.runtime import Sampler
 from exporters.onnx_export import export_onnx
 
-CIFAR10 = dict(
-    img_resolution=32,
-    img_channels=3,
-    label_dim=10,
-    model_type="SongUNet",
-    model_channels=128,
-    channel_mult=[2, 2, 2],
-    num_blocks=4,
-    attn_resolutions=[16],
-    augment_dim=9,
-    dropout=0.13,
-    embedding_type="positional",
-    encoder_type="standard",
-    decoder_type="standard",
-    channel_mult_noise=1,
-    resample_filter=[1, 1],
-)
+CIFAR10 = CIFAR10_KWARGS
 
 
 def timed(fn, repeats: int) -> float:

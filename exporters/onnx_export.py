@@ -10,10 +10,14 @@ predictor stay fp32: TensorRT 11 is strongly typed, so the precision must be in 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import io
+import logging
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,22 +112,32 @@ def _trace(module: DeployModule, example: dict[str, Tensor], spec: GraphSpec, dy
         dynamic_shapes = {name: {0: b} for name in names}
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "graph.onnx")
+        log = io.StringIO()
         try:
-            torch.onnx.export(
-                module,
-                tuple(example[n] for n in names),
-                path,
-                input_names=names,
-                output_names=_output_names(spec),
-                dynamic_shapes=dynamic_shapes,
-                opset_version=OPSET,
-                dynamo=True,
-                external_data=False,
-                verbose=False,
-            )
+            with contextlib.redirect_stdout(log), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the exporter's progress and deprecation chatter
+                _quiet_exporter_loggers()
+                torch.onnx.export(
+                    module,
+                    tuple(example[n] for n in names),
+                    path,
+                    input_names=names,
+                    output_names=_output_names(spec),
+                    dynamic_shapes=dynamic_shapes,
+                    opset_version=OPSET,
+                    dynamo=True,
+                    external_data=False,
+                    verbose=False,
+                )
         except Exception as e:  # the exporter raises many types; report one line
-            raise AmedError(f"ONNX export failed: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+            detail = str(e).splitlines()[0] if str(e) else ""
+            raise AmedError(f"ONNX export failed: {type(e).__name__}: {detail} (rerun with --debug for the log)") from e
         return onnx.load(path)
+
+
+def _quiet_exporter_loggers() -> None:
+    for name in ("torch.onnx", "onnx_ir", "onnxscript", "torch._dynamo", "torch.export"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def parity_errors(data: bytes, network: AMEDNetwork, spec: GraphSpec) -> dict[str, float]:

@@ -227,7 +227,8 @@ TINY_KWARGS_PLAIN = {
 def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     if a.dtype != b.dtype or a.shape != b.shape:
         return False
-    a, b = a.contiguous().reshape(-1), b.contiguous().reshape(-1)
+    # fresh dense copies: size-1 dims may carry any stride (even 0), which view() rejects
+    a, b = (torch.empty(t.numel(), dtype=t.dtype).copy_(t.reshape(-1)) for t in (a, b))
     return torch.equal(a.view(torch.uint8), b.view(torch.uint8))
 
 

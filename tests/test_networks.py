@@ -18,6 +18,7 @@ from torch import nn
 
 from amed_deploy.errors import AmedError
 from amed_deploy.networks import (
+    CIFAR10_KWARGS,
     NETWORK_CLASSES,
     TINY_ADM_KWARGS,
     TINY_NCSNPP_KWARGS,
@@ -35,21 +36,7 @@ from amed_deploy.networks.layers import Conv2d, GroupNorm, PositionalEmbedding, 
 
 DATA = Path(__file__).parent / "data"
 
-CIFAR_VP = dict(
-    img_resolution=32,
-    img_channels=3,
-    label_dim=10,
-    model_type="SongUNet",
-    model_channels=128,
-    channel_mult=[2, 2, 2],
-    augment_dim=9,
-    dropout=0.13,
-    embedding_type="positional",
-    encoder_type="standard",
-    decoder_type="standard",
-    channel_mult_noise=1,
-    resample_filter=[1, 1],
-)
+CIFAR_VP = CIFAR10_KWARGS
 CIFAR_VE = dict(
     CIFAR_VP, embedding_type="fourier", encoder_type="residual", channel_mult_noise=2, resample_filter=[1, 3, 3, 1]
 )

@@ -9,7 +9,7 @@ from conftest import tiny_net
 from amed_deploy.amed_network import AMEDNetwork, TorchModel, check_tap, default_tap
 from amed_deploy.config import SamplerConfig
 from amed_deploy.errors import AmedError
-from amed_deploy.networks import build_network
+from amed_deploy.networks import CIFAR10_KWARGS, build_network
 from amed_deploy.predictor import AMEDPredictor, PredictorConfig, parameter_count
 from amed_deploy.predictor_file import PredictorBundle, load_predictor, save_predictor
 
@@ -100,18 +100,7 @@ def test_default_tap_and_tap_checks():
 
 def test_cifar_config_default_tap_is_last_8x8_block():
     with torch.device("meta"):
-        net = build_network(
-            "EDMPrecond",
-            dict(
-                img_resolution=32,
-                img_channels=3,
-                label_dim=10,
-                model_type="SongUNet",
-                model_channels=128,
-                channel_mult=[2, 2, 2],
-                augment_dim=9,
-            ),
-        )
+        net = build_network("EDMPrecond", dict(CIFAR10_KWARGS))
     assert default_tap(net) == "enc.8x8_block3"
     assert net.tap_shape("enc.8x8_block3") == (256, 8, 8)
 

@@ -21,6 +21,7 @@ from .songunet import SongUNet
 __all__ = [
     "MODEL_TYPES",
     "NETWORK_CLASSES",
+    "CIFAR10_KWARGS",
     "TINY_ADM_KWARGS",
     "TINY_NCSNPP_KWARGS",
     "TINY_SONGUNET_KWARGS",
@@ -42,6 +43,25 @@ NETWORK_CLASSES: dict[str, type[nn.Module]] = {
     "VEPrecond": VEPrecond,
     "iDDPMPrecond": iDDPMPrecond,
 }
+
+# The released edm-cifar10-32x32-cond-vp configuration (55.7M parameters): benchmarks and tests.
+CIFAR10_KWARGS: dict[str, Any] = dict(
+    img_resolution=32,
+    img_channels=3,
+    label_dim=10,
+    model_type="SongUNet",
+    model_channels=128,
+    channel_mult=[2, 2, 2],
+    num_blocks=4,
+    attn_resolutions=[16],
+    augment_dim=9,
+    dropout=0.13,
+    embedding_type="positional",
+    encoder_type="standard",
+    decoder_type="standard",
+    channel_mult_noise=1,
+    resample_filter=[1, 1],
+)
 
 # The configuration of tests/data/tiny-ddpmpp.keys.tsv (EDMPrecond kwargs); fast on a CPU.
 TINY_SONGUNET_KWARGS: dict[str, Any] = dict(
