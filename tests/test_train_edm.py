@@ -7,8 +7,16 @@ import torch
 from amed_deploy.checkpoint import build_model, load_checkpoint
 from amed_deploy.train_edm import TrainConfig, _ema_beta, train
 
-CFG = TrainConfig(model_channels=8, channel_mult=(1, 1), num_blocks=1, attn_resolutions=(), dropout=0.0, batch=8,
-                  lr=1e-3, lr_rampup_kimg=0.01)
+CFG = TrainConfig(
+    model_channels=8,
+    channel_mult=(1, 1),
+    num_blocks=1,
+    attn_resolutions=(),
+    dropout=0.0,
+    batch=8,
+    lr=1e-3,
+    lr_rampup_kimg=0.01,
+)
 
 
 def _data():
