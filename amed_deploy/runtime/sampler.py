@@ -24,7 +24,7 @@ from ..errors import AmedError
 from ..metadata import GraphSpec
 from ..noise import make_inputs
 from ..solvers import Evaluation, canonical_solver, sample
-from .executor import DENOISED, LABELS, SIGMA, SIGMA_NEXT, Executor, X
+from .executor import DENOISED, LABELS, SIGMA, SIGMA_NEXT, A, C, Executor, R, X
 
 CHECKPOINT_SUFFIXES = (".pt", ".safetensors", ".pkl")
 
@@ -43,8 +43,11 @@ class ExecutorModel:
         self.executor = executor
         spec, dev = executor.spec, executor.device
         batch = executor.inputs[X].shape[0]
-        rca = spec.afs_rca or (0.5, 1.0, 1.0)
-        self._afs = Evaluation(torch.empty(0, device=dev), *(torch.full((batch, 1, 1, 1), v, device=dev) for v in rca))
+        # g_phi's outputs for the step after AFS are constants of the graph: made once, on the device
+        self._afs = None
+        if spec.afs_rca is not None:
+            heads = (torch.full((batch, 1, 1, 1), v, device=dev) for v in spec.afs_rca)
+            self._afs = Evaluation(torch.empty(0, device=dev), *heads)
         self._amed = spec.kind == "amed"
 
     def __call__(self, x: Tensor, sigma: Tensor, sigma_next: Tensor) -> Evaluation:
@@ -56,10 +59,10 @@ class ExecutorModel:
         denoised = outs[DENOISED].float()
         if not self._amed:
             return Evaluation(denoised)
-        return Evaluation(denoised, outs["r"], outs["c"], outs["a"])
+        return Evaluation(denoised, outs[R], outs[C], outs[A])
 
     def predict_without_feature(self, sigma: Tensor, sigma_next: Tensor) -> Evaluation:
-        if self.executor.spec.afs_rca is None:
+        if self._afs is None:
             raise AmedError("this graph carries no AFS predictor constants (exported without AFS)")
         return self._afs
 
