@@ -405,6 +405,77 @@ def run(engine, predictor, batch, seed, classes, solver, nfe, out, npz, cuda_gra
     _write_images(result.images, result.labels, out, npz)
 
 
+@main.command()
+@click.option(
+    "--networks",
+    default="bundled,cifar10",
+    show_default=True,
+    help="bundled = the demo model; cifar10 = edm-cifar10-32x32-cond-vp kwargs with random weights.",
+)
+@click.option("--nfe", "nfes", default="5,9", show_default=True)
+@click.option("--batches", default="1,16,64,256", show_default=True)
+@click.option(
+    "--paths",
+    default=",".join(
+        ("eager-fp32", "torch-fp16", "torch-fp16-graph", "ort-fp32", "ort-fp16", "ort-fp16-graph", "trt-fp16")
+    ),
+    show_default=True,
+)
+@click.option("--repeats", default=20, show_default=True, help="Timed calls per measurement (median).")
+@click.option(
+    "--out", default=Path("BENCHMARKS.md"), show_default=True, type=click.Path(dir_okay=False, path_type=Path)
+)
+def bench(networks, nfes, batches, paths, repeats, out) -> None:
+    """Benchmark the deployed sampler on the GPU against the eager fp32 PyTorch loop (same run).
+
+    Reports network-alone and end-to-end latency, images/s, speedup, loop overhead, the fraction of
+    the measured fp16 matmul rate achieved, and peak memory; writes OUT (markdown) and OUT.json."""
+    import json
+
+    import torch
+
+    from amed_deploy import assets
+    from amed_deploy.atomic import atomic_write_bytes
+    from amed_deploy.bench import PATHS, render_markdown, rows_to_json, run_bench
+    from amed_deploy.checkpoint import build_model, load_checkpoint
+    from amed_deploy.networks import CIFAR10_KWARGS, build_network, randomize_
+
+    if not torch.cuda.is_available():
+        raise AmedError("bench measures GPU paths and needs a CUDA GPU")
+    unknown = [p for p in paths.split(",") if p not in PATHS]
+    if unknown:
+        raise AmedError(f"unknown bench path(s) {unknown}; choose from {', '.join(PATHS)}")
+    models = []
+    for name in networks.split(","):
+        if name == "bundled":
+            ckpt = load_checkpoint(assets.MODEL)
+            models.append((name, build_model(ckpt), ckpt.network_kwargs))
+        elif name == "cifar10":
+            models.append(
+                (
+                    name,
+                    randomize_(build_network("EDMPrecond", dict(CIFAR10_KWARGS)), 0, 0.5).eval(),
+                    dict(CIFAR10_KWARGS),
+                )
+            )
+        else:
+            raise AmedError(f"unknown bench network {name!r}: bundled or cifar10")
+
+    def show(row) -> None:
+        click.echo(
+            f"{row.network} NFE {row.nfe} batch {row.batch} {row.path}: "
+            + (f"{row.e2e_ms:.2f} ms end-to-end, net {row.net_ms:.2f} ms" if row.e2e_ms else row.note)
+        )
+
+    rows, facts = run_bench(
+        models, [int(n) for n in nfes.split(",")], [int(b) for b in batches.split(",")], paths.split(","), repeats, show
+    )
+    text = render_markdown(rows, facts)
+    atomic_write_bytes(out, text.encode())
+    atomic_write_bytes(Path(f"{out}.json"), json.dumps(rows_to_json(rows, facts), indent=1).encode())
+    click.echo(text)
+
+
 @main.command("train-edm")
 @click.option(
     "--data",

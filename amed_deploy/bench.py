@@ -1,0 +1,271 @@
+"""`amed-deploy bench`: how fast the deployed sampler is, against the eager PyTorch loop a researcher
+would write and against the GPU's own dense fp16 matrix rate, all measured in the same run.
+
+For every (network, NFE, batch, path): the network alone (one executor run), the whole sampling
+call end to end, images/s, speedup over the eager fp32 baseline, loop overhead = end-to-end /
+(NFE x network alone), achieved FLOP/s as a fraction of the measured fp16 matmul rate, and peak GPU
+memory. A path that cannot run here (no CUDA provider, no TensorRT) is reported with its reason.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .amed_network import AMEDNetwork, TorchModel
+from .checkpoint import Checkpoint, file_sha256, save_checkpoint
+from .config import SamplerConfig
+from .noise import make_inputs
+from .predictor import AMEDPredictor
+from .predictor_file import PredictorBundle, save_predictor
+from .solvers import sample
+
+PATHS = (
+    "eager-fp32",  # (a) the baseline: the AMED loop in plain eager fp32 PyTorch, default TF32 settings
+    "torch-fp16",
+    "torch-fp16-graph",  # (b) fp16, channels-last, the whole NFE loop as one CUDA graph
+    "ort-fp32",
+    "ort-fp16",
+    "ort-fp16-graph",  # (c) ONNX Runtime CUDA provider with I/O binding (and its CUDA graph)
+    "trt-fp16",  # (d) TensorRT, where it can be imported
+)
+
+
+@dataclass
+class Row:
+    network: str
+    nfe: int
+    batch: int
+    path: str
+    net_ms: float | None = None
+    e2e_ms: float | None = None
+    images_per_s: float | None = None
+    speedup: float | None = None
+    loop_overhead: float | None = None
+    fp16_rate_fraction: float | None = None
+    peak_mib: float | None = None
+    note: str = ""
+
+
+@dataclass
+class BenchModel:
+    """A checkpoint + predictor on disk (what every path loads) and its FLOPs per forward per image."""
+
+    name: str
+    ckpt: Path
+    predictor: Path
+    network: AMEDNetwork
+    flops_per_image: float = 0.0
+    graphs: dict = field(default_factory=dict)
+
+
+def cuda_time_ms(fn: Callable[[], object], repeats: int, warmup: int = 3) -> float:
+    """Median of CUDA-event-timed calls after warm-up."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def fp16_matmul_tflops(n: int = 8192, repeats: int = 10) -> float:
+    """The GPU's measured dense fp16 matrix rate (random data), the roofline for the fractions."""
+    a = torch.randn(n, n, device="cuda", dtype=torch.float16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.float16)
+    ms = cuda_time_ms(lambda: a @ b, repeats)
+    return 2 * n**3 / (ms / 1000) / 1e12
+
+
+def flops_per_image(network: AMEDNetwork) -> float:
+    """FLOPs of one network forward for one image (torch's FLOP counter; 2 per multiply-add)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net = network.net
+    device = next(net.parameters()).device
+    x = torch.zeros(1, net.img_channels, net.img_resolution, net.img_resolution, device=device)
+    sigma = torch.ones(1, device=device)
+    labels = torch.zeros(1, network.label_dim, device=device) if network.label_dim else None
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        network(x, sigma, sigma, labels)
+    return float(counter.get_total_flops())
+
+
+def prepare_model(name: str, net: torch.nn.Module, kwargs: dict, sampler: SamplerConfig, folder: Path) -> BenchModel:
+    """Write the network and an (untrained: speed does not depend on it) predictor to disk."""
+    ckpt = folder / f"{name}.pt"
+    save_checkpoint(Checkpoint("EDMPrecond", kwargs, net.state_dict(), {}), ckpt)
+    torch.manual_seed(0)
+    network = AMEDNetwork(net, AMEDPredictor()).eval()
+    pred = folder / f"{name}-amed{sampler.nfe}.pt"
+    save_predictor(pred, PredictorBundle(network.predictor, sampler, network.tap, file_sha256(ckpt)))
+    model = BenchModel(name, ckpt, pred, network.cuda())
+    model.flops_per_image = flops_per_image(model.network)
+    return model
+
+
+def eager_baseline(model: BenchModel, sampler: SamplerConfig, batch: int) -> tuple[Callable[[], object], Callable]:
+    """(a): noise and labels to the GPU, then the shared solver loop over the fp32 module, no buffers."""
+    shape = (model.network.net.img_channels, model.network.net.img_resolution, model.network.net.img_resolution)
+
+    def run() -> torch.Tensor:
+        noise, labels = make_inputs(0, batch, shape, model.network.label_dim)
+        labels = None if labels is None else labels.cuda()
+        with torch.no_grad():
+            x, _ = sample(
+                TorchModel(model.network, labels),
+                noise.cuda() * sampler.t_steps[0],
+                sampler.t_steps,
+                sampler.solver_config,
+            )
+        return x
+
+    noise, labels = make_inputs(0, batch, shape, model.network.label_dim)
+    args = (
+        noise.cuda() * 80,
+        torch.full((batch,), 80.0, device="cuda"),
+        torch.full((batch,), 6.0, device="cuda"),
+        None if labels is None else labels.cuda(),
+    )
+
+    def forward() -> object:
+        with torch.no_grad():
+            return model.network(*args)
+
+    return run, forward
+
+
+def open_path(model: BenchModel, path: str, batch: int, folder: Path):
+    """A Sampler for a deployed path (exports the graphs it needs once per model and precision)."""
+    from exporters.onnx_export import export_onnx
+
+    from .runtime import Sampler
+    from .sampling import load_model
+
+    if path.startswith("torch"):
+        return Sampler.load(
+            model.ckpt,
+            predictor=model.predictor,
+            batch=batch,
+            device="cuda",
+            precision="fp16",
+            cuda_graph=path.endswith("graph"),
+        )
+    precision = "fp32" if path == "ort-fp32" else "fp16"
+    if precision not in model.graphs:
+        loaded = load_model(model.ckpt, model.predictor)
+        out = folder / f"{model.name}-{precision}.onnx"
+        export_onnx(
+            loaded.network,
+            out,
+            sampler=loaded.bundle.sampler,
+            precision=precision,
+            batch=16,
+            batch_range=(1, 256),
+            check=False,
+        )
+        model.graphs[precision] = out
+    graph = model.graphs[precision]
+    if path.startswith("trt"):
+        from exporters.trt_build import build_engine
+
+        plan = folder / f"{model.name}-{precision}.plan"
+        if not plan.exists():
+            build_engine(graph, plan)
+        return Sampler.load(plan, batch=batch, device="cuda", cuda_graph=True)
+    return Sampler.load(graph, batch=batch, device="cuda", cuda_graph=path.endswith("graph"))
+
+
+def run_bench(
+    models: list[tuple[str, torch.nn.Module, dict]],
+    nfes: list[int],
+    batches: list[int],
+    paths: list[str],
+    repeats: int = 20,
+    progress: Callable[[Row], None] | None = None,
+) -> tuple[list[Row], dict]:
+    """Every (model, NFE, batch, path) cell, measured in one process; returns rows and facts."""
+    folder = Path(tempfile.mkdtemp(prefix="amed-bench-"))
+    facts = {
+        "gpu": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "fp16_matmul_tflops": fp16_matmul_tflops(),
+    }
+    rows: list[Row] = []
+    for name, net, kwargs in models:
+        for nfe in nfes:
+            sampler = SamplerConfig.create("amed", nfe, "time_uniform", 0.002, 80.0, afs=nfe % 2 == 1)
+            model = prepare_model(f"{name}-nfe{nfe}", net, kwargs, sampler, folder)
+            facts.setdefault("gflops_per_image", {})[name] = model.flops_per_image / 1e9
+            for batch in batches:
+                base_e2e = None
+                for path in paths:
+                    row = Row(name, nfe, batch, path)
+                    torch.cuda.empty_cache()
+                    torch.cuda.reset_peak_memory_stats()
+                    free_before = torch.cuda.mem_get_info()[0]
+                    try:
+                        if path == "eager-fp32":
+                            e2e, net_call = eager_baseline(model, sampler, batch)
+                        else:
+                            smp = open_path(model, path, batch, folder)
+                            e2e, net_call = (lambda smp=smp: smp.sample(seed=0)), smp.executor.run
+                        row.net_ms = cuda_time_ms(net_call, repeats)
+                        row.e2e_ms = cuda_time_ms(e2e, repeats)
+                    except Exception as e:  # a path that cannot run here is a finding, not a crash
+                        row.note = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+                        rows.append(row)
+                        if progress:
+                            progress(row)
+                        continue
+                    used = max(torch.cuda.max_memory_allocated(), free_before - torch.cuda.mem_get_info()[0])
+                    row.peak_mib = used / 2**20
+                    row.images_per_s = batch / (row.e2e_ms / 1000)
+                    row.loop_overhead = row.e2e_ms / (nfe * row.net_ms)
+                    achieved = nfe * batch * model.flops_per_image / (row.e2e_ms / 1000) / 1e12
+                    row.fp16_rate_fraction = achieved / facts["fp16_matmul_tflops"]
+                    if path == "eager-fp32":
+                        base_e2e = row.e2e_ms
+                    row.speedup = base_e2e / row.e2e_ms if base_e2e else None
+                    rows.append(row)
+                    if progress:
+                        progress(row)
+    return rows, facts
+
+
+def render_markdown(rows: list[Row], facts: dict) -> str:
+    gflops = ", ".join(f"{k} {v:.2f}" for k, v in facts.get("gflops_per_image", {}).items())
+    lines = [
+        f"GPU: **{facts['gpu']}**, torch {facts['torch']}; measured dense fp16 matmul rate "
+        f"{facts['fp16_matmul_tflops']:.0f} TFLOP/s; GFLOP per image per forward: {gflops}.",
+        "",
+        "| network | NFE | batch | path | net alone ms | end-to-end ms | img/s | speedup vs eager | loop overhead "
+        "| fp16-rate fraction | peak MiB | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def f(v, fmt):
+        return "" if v is None else format(v, fmt)
+
+    for r in rows:
+        lines.append(
+            f"| {r.network} | {r.nfe} | {r.batch} | {r.path} | {f(r.net_ms, '.2f')} | {f(r.e2e_ms, '.2f')} | "
+            f"{f(r.images_per_s, '.0f')} | {f(r.speedup, '.2f')} | {f(r.loop_overhead, '.2f')} | "
+            f"{f(r.fp16_rate_fraction, '.1%')} | {f(r.peak_mib, '.0f')} | {r.note} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def rows_to_json(rows: list[Row], facts: dict) -> dict:
+    return {"facts": facts, "rows": [asdict(r) for r in rows]}
