@@ -1,0 +1,159 @@
+"""Failing loudly and safely: fuzzed metadata, killed writers, many samplers, bad files on the CLI."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import torch
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from amed_deploy.cli import main
+from amed_deploy.errors import AmedError
+from amed_deploy.metadata import GraphSpec, spec_from_metadata_props
+from amed_deploy.runtime import Sampler
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=6),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(max_size=200), json_values.map(json.dumps)))
+def test_metadata_parser_only_ever_raises_its_own_error(text):
+    try:
+        GraphSpec.from_json(text)
+    except AmedError:
+        pass
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    key=st.sampled_from(
+        [
+            "kind",
+            "precision",
+            "image_shape",
+            "label_dim",
+            "batch_min",
+            "batch_max",
+            "sampler",
+            "afs_rca",
+            "schema_version",
+        ]
+    ),
+    value=json_values,
+)
+def test_mutated_valid_metadata_is_validated(amed_onnx, key, value):
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(amed_onnx).metadata_props}
+    d = json.loads(props["amed_deploy"])
+    d[key] = value
+    try:
+        spec = spec_from_metadata_props({"amed_deploy": json.dumps(d)})
+    except AmedError:
+        return
+    assert spec.batch_min <= spec.batch_max  # whatever was accepted is consistent
+
+
+def test_writer_killed_mid_write_leaves_nothing(tmp_path):
+    """SIGKILL a process while it writes a large file atomically: the target never appears half-written."""
+    target = tmp_path / "big.bin"
+    code = (
+        "import sys, time\n"
+        "from amed_deploy.atomic import atomic_open\n"
+        "with atomic_open(sys.argv[1]) as f:\n"
+        "    for _ in range(10_000):\n"
+        "        f.write(b'x' * 65536); f.flush(); time.sleep(0.001)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(target)])
+    deadline = time.time() + 20
+    while time.time() < deadline and not any(p.name.startswith(".big.bin.") for p in tmp_path.iterdir()):
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not target.exists()
+
+
+@pytest.mark.parametrize("err", [errno.ENOSPC, errno.EROFS])
+def test_full_or_read_only_destination_fails_cleanly(tmp_path, monkeypatch, err):
+    """A disk that fills up (write fails) or a read-only destination (rename fails): an OSError
+    reaches the caller, the old file is intact and no temp file is left behind."""
+    from amed_deploy import atomic
+
+    target = tmp_path / "samples.png"
+    target.write_bytes(b"old")
+    if err == errno.ENOSPC:
+        monkeypatch.setattr(atomic, "open", _failing_open(err), raising=False)
+    else:
+        monkeypatch.setattr(atomic.os, "replace", lambda *a: (_ for _ in ()).throw(OSError(err, os.strerror(err))))
+    with pytest.raises(OSError):
+        atomic.atomic_write_bytes(target, b"new content")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["samples.png"]
+
+
+def _failing_open(err):
+    real = open
+
+    class _Full:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            raise OSError(err, os.strerror(err))
+
+    return lambda path, mode="r", *a, **k: _Full(real(path, mode, *a, **k))
+
+
+def test_eight_samplers_in_one_process_match_single_runs(amed_onnx):
+    expected = {seed: Sampler.load(amed_onnx, batch=2, device="cpu").sample(seed=seed).images for seed in range(8)}
+    samplers = [Sampler.load(amed_onnx, batch=2, device="cpu") for _ in range(8)]
+    results: dict[int, torch.Tensor] = {}
+
+    def work(i: int) -> None:
+        results[i] = samplers[i].sample(seed=i).images
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for seed in range(8):
+        assert torch.equal(results[seed], expected[seed])
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors", ".pkl", ".onnx", ".plan"])
+@pytest.mark.parametrize("content", [b"", b"\x00" * 64, b"garbage" * 10])
+def test_cli_bad_files_give_one_line(tmp_path, suffix, content):
+    bad = tmp_path / f"bad{suffix}"
+    bad.write_bytes(content)
+    out = tmp_path / "out.png"
+    if suffix in (".onnx", ".plan"):
+        args = ["run", "--engine", str(bad), "--out", str(out), "--device", "cpu", "--batch", "1"]
+    else:
+        args = ["info", str(bad)]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 2, res.output
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in res.output
+    assert not out.exists()
