@@ -3,6 +3,7 @@ predictor files, ONNX metadata and engine manifests alike, so any one of them is
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 from .errors import AmedError
@@ -75,6 +76,9 @@ class SamplerConfig:
                 f"and afs={cfg.afs} costs {nfe_for(cfg.solver, cfg.num_points, cfg.afs)} NFE, "
                 f"record says {cfg.nfe} (with {len(cfg.t_steps)} time points)"
             )
+        values = (*cfg.t_steps, cfg.sigma_min, cfg.sigma_max)
+        if not all(math.isfinite(v) for v in values):
+            raise AmedError("inconsistent sampler configuration: time points and sigma range must be finite")
         if any(a <= b for a, b in zip(cfg.t_steps, cfg.t_steps[1:])) or cfg.t_steps[-1] < 0:
             raise AmedError("inconsistent sampler configuration: time points must decrease")
         return cfg

@@ -573,3 +573,100 @@ def test_byte_flips_never_escape_as_other_errors(tmp_path, good_snapshot, pos, v
         load_edm_snapshot(path)
     except AmedError:
         pass
+
+
+# Adversarial pickles built opcode by opcode: every opcode that can import or call, fed names from
+# the allow-list and from the dangerous side, in random orders. The loader must never run anything
+# (the payloads would create the marker file) and never fail with anything but AmedError.
+_NAMES = [
+    ("os", "system"),
+    ("posix", "system"),
+    ("builtins", "eval"),
+    ("builtins", "exec"),
+    ("builtins", "getattr"),
+    ("builtins", "__import__"),
+    ("subprocess", "Popen"),
+    ("copyreg", "_reconstructor"),
+    ("torch", "load"),
+    ("collections", "OrderedDict"),
+    ("torch._utils", "_rebuild_tensor_v2"),
+    ("torch_utils.persistence", "_reconstruct_persistent_obj"),
+    ("torch.storage", "_load_from_bytes"),
+    ("builtins", "set"),
+]
+
+
+def _unicode(s: str) -> bytes:
+    b = s.encode()
+    return pickle.SHORT_BINUNICODE + bytes([len(b)]) + b
+
+
+@st.composite
+def _opcode_pickles(draw, marker_cmd: str) -> bytes:
+    out = [pickle.PROTO + b"\x04"]
+    for _ in range(draw(st.integers(1, 12))):
+        mod, name = draw(st.sampled_from(_NAMES))
+        op = draw(
+            st.sampled_from(
+                [
+                    "global",
+                    "stack_global",
+                    "inst",
+                    "reduce",
+                    "build",
+                    "newobj",
+                    "newobj_ex",
+                    "obj",
+                    "ext",
+                    "persid",
+                    "mark",
+                    "tuple",
+                    "str",
+                    "dict",
+                    "int",
+                ]
+            )
+        )
+        if op == "global":
+            out.append(pickle.GLOBAL + f"{mod}\n{name}\n".encode())
+        elif op == "stack_global":
+            out.append(_unicode(mod) + _unicode(name) + pickle.STACK_GLOBAL)
+        elif op == "inst":
+            out.append(pickle.MARK + _unicode(marker_cmd) + pickle.INST + f"{mod}\n{name}\n".encode())
+        elif op == "reduce":
+            out.append(_unicode(marker_cmd) + pickle.TUPLE1 + pickle.REDUCE)
+        elif op == "build":
+            out.append(pickle.EMPTY_DICT + pickle.BUILD)
+        elif op == "newobj":
+            out.append(pickle.EMPTY_TUPLE + pickle.NEWOBJ)
+        elif op == "newobj_ex":
+            out.append(pickle.EMPTY_TUPLE + pickle.EMPTY_DICT + pickle.NEWOBJ_EX)
+        elif op == "obj":
+            out.append(pickle.MARK + pickle.GLOBAL + f"{mod}\n{name}\n".encode() + _unicode(marker_cmd) + pickle.OBJ)
+        elif op == "ext":
+            out.append(pickle.EXT1 + bytes([draw(st.integers(1, 255))]))
+        elif op == "persid":
+            out.append(pickle.PERSID + b"x\n")
+        elif op == "mark":
+            out.append(pickle.MARK)
+        elif op == "tuple":
+            out.append(pickle.TUPLE)
+        elif op == "str":
+            out.append(_unicode(marker_cmd))
+        elif op == "dict":
+            out.append(pickle.EMPTY_DICT)
+        else:
+            out.append(pickle.BININT1 + bytes([draw(st.integers(0, 255))]))
+    return b"".join(out) + pickle.STOP
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_opcode_level_adversarial_pickles_never_execute(tmp_path, data):
+    marker = tmp_path / "pwned"
+    payload = data.draw(_opcode_pickles(f"touch {marker}"))
+    try:
+        safe_unpickle(io.BytesIO(payload))
+    except AmedError:
+        pass
+    assert not marker.exists()

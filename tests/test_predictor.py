@@ -152,3 +152,6 @@ def test_sampler_config_validation():
     with pytest.raises(AmedError, match="inconsistent"):
         SamplerConfig.from_dict(bad)
     assert SamplerConfig.from_dict(cfg.to_dict()) == cfg
+    for bad_steps in ([80.0, float("nan"), 1.0, 0.002], [80.0, 6.9, 1.3, float("-inf")], [80.0, 1.3, 6.9, 0.002]):
+        with pytest.raises(AmedError, match="inconsistent"):
+            SamplerConfig.from_dict({**cfg.to_dict(), "t_steps": bad_steps})
