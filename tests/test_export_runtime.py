@@ -181,3 +181,16 @@ def test_cli_export_and_run(tmp_path, tiny_ckpt, distilled):
     res = runner.invoke(main, ["build", "--onnx", str(onnx_path), "--out", str(tmp_path / "a.plan")])
     if res.exit_code == 2:  # no TensorRT here: one line, nothing written
         assert "TensorRT" in res.output and not (tmp_path / "a.plan").exists()
+
+
+def test_every_executor_declares_whether_the_sampler_may_capture_it():
+    """The Sampler reads `capturable` before its first call; a backend without it would fail at load."""
+    from amed_deploy.runtime.onnx_executor import OnnxExecutor
+    from amed_deploy.runtime.torch_executor import TorchExecutor
+    from amed_deploy.runtime.trt_executor import TRTExecutor
+
+    assert {cls.__name__: cls.capturable for cls in (OnnxExecutor, TorchExecutor, TRTExecutor)} == {
+        "OnnxExecutor": False,
+        "TorchExecutor": True,
+        "TRTExecutor": True,
+    }

@@ -111,6 +111,8 @@ def gpu_identity(device: torch.device) -> tuple[str, str]:
 class TRTExecutor:
     """Executor over a TensorRT plan; see runtime.executor.Executor."""
 
+    capturable = True  # execute_async_v3 on torch's stream records into the Sampler's CUDA graph
+
     def __init__(
         self,
         spec: GraphSpec,
@@ -128,8 +130,9 @@ class TRTExecutor:
         self.inputs, self.outputs = inputs, outputs
 
     @classmethod
-    def open(cls, plan_path: str | os.PathLike, batch: int, device: torch.device | str = "cuda") -> TRTExecutor:
-        """Check the manifest (before touching TensorRT's deserialiser), load, bind buffers for `batch`."""
+    def open(cls, plan_path: str | os.PathLike, batch: int | None, device: torch.device | str = "cuda") -> TRTExecutor:
+        """Check the manifest (before touching TensorRT's deserialiser), load, bind buffers for `batch`
+        (default: the profile's optimum)."""
         device = torch.device(device)
         if device.type != "cuda" or not torch.cuda.is_available():
             raise AmedError(
@@ -140,6 +143,7 @@ class TRTExecutor:
         plan_path = Path(plan_path)
         manifest = read_manifest(manifest_path_for(plan_path))
         spec = manifest.spec
+        batch = spec.batch_opt if batch is None else batch
         spec.check_batch(batch)
         trt = import_tensorrt()
         check_manifest(plan_path, manifest, trt.__version__, *gpu_identity(device))
