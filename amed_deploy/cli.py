@@ -19,10 +19,12 @@ from amed_deploy.errors import AmedError
 # Errors that are the user's input or environment, not bugs: one line, exit 2, no traceback.
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (AmedError, OSError)
 EXIT_USER_ERROR = 2
+EXIT_INTERNAL_ERROR = 1
 
 
 class _Group(click.Group):
-    """A click group that turns expected errors into one `error:` line unless --debug is given."""
+    """A click group that turns errors into one `error:` line unless --debug is given: bad input
+    (AmedError, OSError) exits 2, anything else (a bug) exits 1."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -33,6 +35,16 @@ class _Group(click.Group):
             message = " ".join(str(e).split()) or type(e).__name__
             click.echo(f"error: {message}", err=True)
             ctx.exit(EXIT_USER_ERROR)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except Exception as e:  # a bug, not bad input: still one line, the traceback behind --debug
+            if ctx.params.get("debug"):
+                raise
+            first = " ".join(str(e).split())[:300]
+            click.echo(
+                f"error: internal error ({type(e).__name__}: {first}); rerun with --debug for the traceback", err=True
+            )
+            ctx.exit(EXIT_INTERNAL_ERROR)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

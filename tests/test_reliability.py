@@ -157,3 +157,21 @@ def test_cli_bad_files_give_one_line(tmp_path, suffix, content):
     lines = [line for line in res.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in res.output
     assert not out.exists()
+
+
+def test_unexpected_errors_are_one_line_unless_debug(monkeypatch, tmp_path):
+    import amed_deploy.checkpoint as checkpoint
+
+    def boom(*a, **k):
+        raise RuntimeError("simulated bug\nwith a second line")
+
+    monkeypatch.setattr(checkpoint, "load_checkpoint", boom)
+    ckpt = tmp_path / "x.pt"
+    ckpt.write_bytes(b"x")
+    res = CliRunner().invoke(main, ["info", str(ckpt)])
+    assert res.exit_code == 1
+    assert res.output.strip().splitlines() == [
+        "error: internal error (RuntimeError: simulated bug with a second line); rerun with --debug for the traceback"
+    ]
+    res = CliRunner().invoke(main, ["--debug", "info", str(ckpt)])
+    assert isinstance(res.exception, RuntimeError)
