@@ -108,21 +108,19 @@ def _short(x: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _plain_json(obj: Any, where: str) -> Any:
+def plain_json(obj: Any, where: str) -> Any:
     """A JSON-able copy of `obj` (tuples become lists); non-string keys and other types are errors."""
-    if obj is None or isinstance(obj, (bool, int, str)):
+    if obj is None or isinstance(obj, (bool, int, float, str)):
         return obj
-    if isinstance(obj, float):
-        return obj
-    if isinstance(obj, dict):
+    if isinstance(obj, dict):  # also EasyDict / OrderedDict from unpickled kwargs
         out = {}
         for k, v in obj.items():
             if not isinstance(k, str):
                 raise AmedError(f"{where} has a non-string key {_short(k)} ({type(k).__name__}); keys must be strings")
-            out[k] = _plain_json(v, f"{where}.{k}")
+            out[k] = plain_json(v, f"{where}.{k}")
         return out
     if isinstance(obj, (list, tuple)):
-        return [_plain_json(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        return [plain_json(v, f"{where}[{i}]") for i, v in enumerate(obj)]
     raise AmedError(f"{where} is a {type(obj).__name__}; only JSON-able values (numbers, strings, lists, dicts)")
 
 
@@ -156,8 +154,8 @@ def _header(ckpt: Checkpoint, what: str) -> dict[str, Any]:
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "network_class": ckpt.network_class,
-        "network_kwargs": _plain_json(ckpt.network_kwargs, "network_kwargs"),
-        "metadata": _plain_json(ckpt.metadata, "metadata"),
+        "network_kwargs": plain_json(ckpt.network_kwargs, "network_kwargs"),
+        "metadata": plain_json(ckpt.metadata, "metadata"),
     }
 
 

@@ -41,7 +41,7 @@ from typing import Any
 import torch
 
 from amed_deploy import __version__
-from amed_deploy.checkpoint import Checkpoint, file_sha256, torch_error_reason
+from amed_deploy.checkpoint import Checkpoint, file_sha256, plain_json, torch_error_reason
 from amed_deploy.errors import AmedError
 
 __all__ = [
@@ -440,29 +440,13 @@ def record_state_dict(root: PersistentRecord | InertModule) -> tuple[dict[str, t
     return out, buffers
 
 
-def _to_plain(obj: Any, where: str) -> Any:
-    """Convert unpickled kwargs to JSON-able Python types (EasyDict/OrderedDict -> dict, tuple -> list)."""
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    if isinstance(obj, dict):
-        out = {}
-        for k, v in obj.items():
-            if not isinstance(k, str):
-                raise AmedError(f"{where} has a non-string key {_short(k)}")
-            out[k] = _to_plain(v, f"{where}.{k}")
-        return out
-    if isinstance(obj, (list, tuple)):
-        return [_to_plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
-    raise AmedError(f"{where} is a {type(obj).__name__}; only plain numbers, strings, lists and dicts are supported")
-
-
 # Positional constructor args shared by every EDM preconditioner (only used if a network was
 # built with positional args, which EDM's training code never does).
 _PRECOND_POSITIONAL = ("img_resolution", "img_channels", "label_dim", "use_fp16")
 
 
 def _network_kwargs(rec: PersistentRecord) -> dict[str, Any]:
-    kwargs = _to_plain(rec.init_kwargs, f"{rec.class_name} constructor kwargs")
+    kwargs = plain_json(rec.init_kwargs, f"{rec.class_name} constructor kwargs")
     if rec.init_args:
         if len(rec.init_args) > len(_PRECOND_POSITIONAL) or not rec.class_name.endswith("Precond"):
             raise AmedError(
@@ -472,7 +456,7 @@ def _network_kwargs(rec: PersistentRecord) -> dict[str, Any]:
         for name, value in zip(_PRECOND_POSITIONAL, rec.init_args, strict=False):
             if name in kwargs:
                 raise AmedError(f"{rec.class_name}: {name} given both positionally and by keyword")
-            kwargs[name] = _to_plain(value, f"{rec.class_name} argument {name}")
+            kwargs[name] = plain_json(value, f"{rec.class_name} argument {name}")
     return kwargs
 
 
@@ -517,7 +501,7 @@ def load_edm_snapshot(path: str | os.PathLike) -> Checkpoint:
         "module_src_sha256": ema.source_sha256,
     }
     try:
-        edm_meta["dataset_kwargs"] = _to_plain(data.get("dataset_kwargs"), "dataset_kwargs")
+        edm_meta["dataset_kwargs"] = plain_json(data.get("dataset_kwargs"), "dataset_kwargs")
     except AmedError:
         edm_meta["dataset_kwargs"] = None
     metadata = {
