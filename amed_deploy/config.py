@@ -82,3 +82,10 @@ class SamplerConfig:
         if any(a <= b for a, b in zip(cfg.t_steps, cfg.t_steps[1:])) or cfg.t_steps[-1] < 0:
             raise AmedError("inconsistent sampler configuration: time points must decrease")
         return cfg
+
+
+def sigma_range(net: object) -> tuple[float, float]:
+    """The sampling range: EDM's 0.002..80 clipped to what the network declares it supports."""
+    lo = max(0.002, float(getattr(net, "sigma_min", 0.0) or 0.0))
+    hi = min(80.0, float(getattr(net, "sigma_max", math.inf) or math.inf))
+    return lo, hi

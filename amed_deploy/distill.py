@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .amed_network import AMEDNetwork, TorchModel
-from .config import SamplerConfig
+from .config import SamplerConfig, sigma_range
 from .errors import AmedError
 from .noise import make_inputs
 from .predictor import AMEDPredictor, PredictorConfig
@@ -45,13 +45,6 @@ class DistillConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def sigma_range(net: nn.Module) -> tuple[float, float]:
-    """The sampling range: EDM's 0.002..80 clipped to what the network declares it supports."""
-    lo = max(0.002, float(getattr(net, "sigma_min", 0.0) or 0.0))
-    hi = min(80.0, float(getattr(net, "sigma_max", math.inf) or math.inf))
-    return lo, hi
 
 
 def sampler_for(net: nn.Module, cfg: DistillConfig) -> SamplerConfig:

@@ -30,9 +30,8 @@ from tqdm.auto import tqdm
 
 from .amed_network import AMEDNetwork, TorchModel
 from .atomic import atomic_write_bytes
-from .config import SamplerConfig
+from .config import SamplerConfig, sigma_range
 from .data import from_model_space
-from .distill import sigma_range
 from .errors import AmedError
 from .noise import make_inputs
 from .sampling import baseline_sampler, reference_sample

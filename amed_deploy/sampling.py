@@ -12,8 +12,7 @@ from torch import Tensor
 
 from .amed_network import AMEDNetwork, TorchModel
 from .checkpoint import build_model, file_sha256, load_checkpoint
-from .config import SamplerConfig
-from .distill import sigma_range
+from .config import SamplerConfig, sigma_range
 from .errors import AmedError
 from .noise import make_inputs
 from .predictor_file import PredictorBundle, load_predictor

@@ -18,8 +18,7 @@ import torch
 from torch import Tensor
 
 from ..amed_network import graph_spec
-from ..config import SamplerConfig
-from ..distill import sigma_range
+from ..config import SamplerConfig, sigma_range
 from ..errors import AmedError
 from ..metadata import GraphSpec
 from ..noise import make_inputs
