@@ -229,38 +229,21 @@ def distill(ckpt: Path, nfe: int, out: Path | None, force: bool, device: str, **
     Defaults follow the AMED-Solver recipe (teacher Heun with M=1, time_uniform schedule, AFS,
     scale_dir 0.01, Adam lr 5e-3, 10k trajectories)."""
     from amed_deploy.checkpoint import build_model, file_sha256, load_checkpoint
-    from amed_deploy.distill import DistillConfig, endpoint_rmse
-    from amed_deploy.distill import distill as run_distill
-    from amed_deploy.predictor_file import PredictorBundle, save_predictor
-    from amed_deploy.solvers import SolverConfig
+    from amed_deploy.distill import DistillConfig, distill_predictor
+    from amed_deploy.predictor_file import save_predictor
 
     out = out or Path(f"amed{nfe}.pt")
     _refuse_overwrite(out, force)
     cfg = DistillConfig(nfe=nfe, **options)
     net = build_model(load_checkpoint(ckpt))
-    dev = _resolve_device(device)
-    network, sampler, losses = run_distill(net, cfg, dev)
-    held_out = range(10**9, 10**9 + 2)  # seeds never used in training
-    bsz = min(cfg.batch, 64)
-    amed_err = endpoint_rmse(network, sampler.solver_config, sampler, cfg, held_out, bsz)
-    summary = {"final_loss": losses[-1], "held_out_rmse": amed_err}
-    if sampler.solver == "amed":
-        summary["held_out_rmse_dpm2"] = endpoint_rmse(
-            network, SolverConfig("dpm2", sampler.afs), sampler, cfg, held_out, bsz
-        )
-    bundle = PredictorBundle(
-        network.predictor.cpu(), sampler, network.tap, file_sha256(ckpt), {"distill": cfg.to_dict(), **summary}
-    )
+    bundle = distill_predictor(net, file_sha256(ckpt), cfg, _resolve_device(device))
     save_predictor(out, bundle)
-    click.echo(f"wrote {out}: {sampler.solver} NFE {sampler.nfe}, N={sampler.num_points}, tap {network.tap}")
-    click.echo(
-        f"  held-out RMSE to the teacher: {amed_err:.4g}"
-        + (
-            f" (DPM-Solver-2 at the same NFE: {summary['held_out_rmse_dpm2']:.4g})"
-            if "held_out_rmse_dpm2" in summary
-            else ""
-        )
-    )
+    sampler, summary = bundle.sampler, bundle.training
+    click.echo(f"wrote {out}: {sampler.solver} NFE {sampler.nfe}, N={sampler.num_points}, tap {bundle.tap}")
+    line = f"  held-out RMSE to the teacher: {summary['held_out_rmse']:.4g}"
+    if "held_out_rmse_dpm2" in summary:
+        line += f" (DPM-Solver-2 at the same NFE: {summary['held_out_rmse_dpm2']:.4g})"
+    click.echo(line)
 
 
 @main.command()

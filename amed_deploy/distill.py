@@ -1,5 +1,7 @@
-"""Distillation of g_phi: per interval, start from the teacher's state at t_n, take one student step
-with the predictor in the loop, and pull its end point towards the teacher's state at t_{n+1}.
+"""Distillation of g_phi: per interval, take one student step with the predictor in the loop and pull
+its end point towards the teacher's state at t_{n+1}. Single-step students start every interval from
+the teacher's state at t_n; multistep students (the iPNDM plugin) continue from their own previous
+output, so the slope history they learn with is the one they will see when deployed.
 
 The teacher is a more accurate solver on a finer grid of the same schedule type that nests the
 student grid exactly ((M+1)(N-1)+1 points). Both teacher and student run through the shared solver
@@ -20,7 +22,10 @@ from .config import SamplerConfig, sigma_range
 from .errors import AmedError
 from .noise import make_inputs
 from .predictor import AMEDPredictor, PredictorConfig
+from .predictor_file import PredictorBundle
 from .solvers import SolverConfig, SolverState, nested_schedule, sample, step
+
+MULTISTEP_STUDENTS = ("amed_ipndm",)
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,7 @@ def distill(
     network = AMEDNetwork(net, predictor, cfg.tap).to(device)
     network.net.eval().requires_grad_(False)
     predictor.train()
+    multistep = sampler.solver in MULTISTEP_STUDENTS
     opt = torch.optim.Adam(predictor.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
     shape = (net.img_channels, net.img_resolution, net.img_resolution)
     batches = max(1, math.ceil(cfg.kimg * 1000 / cfg.batch))
@@ -101,13 +107,16 @@ def distill(
         model = TorchModel(network, labels)
         state = SolverState()
         batch_loss = 0.0
+        x = targets[0]
         for n in range(sampler.num_points - 1):
-            x_next = step(model, targets[n], sampler.t_steps, n, sampler.solver_config, state)
+            start = x if multistep else targets[n]
+            x_next = step(model, start, sampler.t_steps, n, sampler.solver_config, state)
             loss = (x_next - targets[n + 1]).square().flatten(1).sum(1).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             state.slopes = [s.detach() for s in state.slopes]  # multistep students: history is data
+            x = x_next.detach()
             batch_loss += loss.item() / (sampler.num_points - 1)
         losses.append(batch_loss)
         bar.set_postfix(loss=f"{batch_loss:.4g}")
@@ -134,3 +143,22 @@ def endpoint_rmse(
         total += (x - target).square().sum().item()
         count += x.numel()
     return math.sqrt(total / count)
+
+
+HELD_OUT_SEEDS = range(10**9, 10**9 + 2)  # never used in training (training seeds are seed * 1_000_003 + i)
+
+
+def distill_predictor(
+    net: nn.Module, checkpoint_sha256: str, cfg: DistillConfig, device: torch.device | str, progress: bool = True
+) -> PredictorBundle:
+    """`distill`, then measure the held-out error to the teacher (and DPM-Solver-2's, for the AMED-Solver)
+    and pack everything a predictor file records."""
+    network, sampler, losses = distill(net, cfg, device, progress)
+    bsz = min(cfg.batch, 64)
+    summary = {"final_loss": losses[-1]}
+    summary["held_out_rmse"] = endpoint_rmse(network, sampler.solver_config, sampler, cfg, HELD_OUT_SEEDS, bsz)
+    if sampler.solver == "amed":
+        dpm2 = SolverConfig("dpm2", sampler.afs)
+        summary["held_out_rmse_dpm2"] = endpoint_rmse(network, dpm2, sampler, cfg, HELD_OUT_SEEDS, bsz)
+    training = {"distill": cfg.to_dict(), **summary}
+    return PredictorBundle(network.predictor.cpu(), sampler, network.tap, checkpoint_sha256, training)

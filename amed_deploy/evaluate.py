@@ -254,27 +254,31 @@ def trajectory_pca(
     batch: int = 64,
     top_k: int = 10,
     progress: bool = False,
+    scaled: bool = False,
 ) -> TrajectoryPCA:
     """PCA of accurate sampling trajectories (Heun, polynomial, n_points time points, every x_n kept).
 
     Each trajectory's states form an [n_points, D] matrix; centred over time, its singular values
     give the variance explained per component. If trajectories lie near a low-dimensional subspace
-    (AMED's premise), the top 1-2 components explain almost all of it."""
+    (AMED's premise), the top 1-2 components explain almost all of it. Raw states are dominated by
+    the shrinking noise (x ~ t z at large t); `scaled` divides each x_n by sqrt(1 + t_n^2), which puts
+    every state on a comparable scale and so tests the shape of the path, not its length."""
     lo, hi = sigma_range(network.net)
     t_steps = make_schedule("polynomial", n_points, lo, hi)
     k = min(top_k, n_points)
     ratios = []
     plain = AMEDNetwork(network.net)
+    scale = [1 / math.sqrt(1 + t * t) if scaled else 1.0 for t in t_steps]
     for i, (start, size) in enumerate(tqdm(_batches(n_traj, batch), desc="pca", unit="batch", disable=not progress)):
         noise, labels = _inputs(network, seed + i, start, size, "uniform", device)
         x0 = noise * t_steps[0]
-        states = [x0.flatten(1).double().cpu()]
+        states = [scale[0] * x0.flatten(1).double().cpu()]
         sample(
             TorchModel(plain, labels),
             x0,
             t_steps,
             SolverConfig("heun"),
-            on_interval=lambda n, x, states=states: states.append(x.flatten(1).double().cpu()),
+            on_interval=lambda n, x, states=states: states.append(scale[n + 1] * x.flatten(1).double().cpu()),
         )
         traj = torch.stack(states, dim=1)  # [B, n_points, D]
         centred = traj - traj.mean(dim=1, keepdim=True)
@@ -430,7 +434,8 @@ def prepare_fid(
     return inception, stats, info
 
 
-def _device_name(device: torch.device | str) -> str:
+def device_name(device: torch.device | str) -> str:
+    """The GPU model (results name it), or the device type."""
     dev = torch.device(device)
     if dev.type == "cuda" and torch.cuda.is_available():
         return torch.cuda.get_device_name(dev)
@@ -485,7 +490,7 @@ def evaluate_cells(
     results = {
         **(header or {}),
         "device": str(device),
-        "device_name": _device_name(device),
+        "device_name": device_name(device),
         "settings": settings,
         "rmse_reference": {**reference.describe(), "num": rmse_num},
         "cells": [],
@@ -833,12 +838,15 @@ def plot_fid_vs_nfe(results: dict, png_path: str | os.PathLike, backend: str = "
     return line_chart(series, png_path, f"FID vs NFE{where}", "NFE", "FID", True, hlines, nfes, backend)
 
 
-def plot_pca(pca: TrajectoryPCA | dict, png_path: str | os.PathLike, backend: str = "auto") -> str:
-    """Mean explained-variance ratio per principal component of the trajectories, and its cumulative sum."""
-    ratio = np.asarray(pca.ratios.mean(axis=0) if isinstance(pca, TrajectoryPCA) else pca["mean_ratio"])
-    n_traj = pca.ratios.shape[0] if isinstance(pca, TrajectoryPCA) else pca["n_traj"]
-    n_points = pca.n_points if isinstance(pca, TrajectoryPCA) else pca["n_points"]
-    ks = list(range(1, len(ratio) + 1))
-    series = {"per component": (ks, ratio.tolist()), "cumulative": (ks, np.cumsum(ratio).tolist())}
+def plot_pca(pcas: dict[str, TrajectoryPCA | dict], png_path: str | os.PathLike, backend: str = "auto") -> str:
+    """Variance left unexplained by the top k principal components (log scale), one line per PCA
+    (e.g. raw and scaled states): the faster it falls, the closer trajectories are to a k-dim subspace."""
+    series, n_traj, n_points = {}, 0, 0
+    for name, pca in pcas.items():
+        d = pca.to_dict() if isinstance(pca, TrajectoryPCA) else pca
+        left = 1 - np.cumsum(np.asarray(d["mean_ratio"]))
+        ks = list(range(1, len(left)))  # the last point is 0 up to rounding
+        series[name] = (ks, np.maximum(left[:-1], 1e-16).tolist())
+        n_traj, n_points = d["n_traj"], d["n_points"]
     title = f"PCA of {n_traj} sampling trajectories ({n_points} points, Heun)"
-    return line_chart(series, png_path, title, "principal component", "fraction of variance", False, None, ks, backend)
+    return line_chart(series, png_path, title, "top k components", "variance not explained", True, None, ks, backend)

@@ -117,26 +117,32 @@ def main() -> None:
         deadline=deadline,
         fd_method=args.fd_method,
     )
-    pca = results.get("pca")
-    if pca is None or pca.get("n_traj") != args.pca_traj or pca.get("n_points") != args.pca_points:
-        pca = trajectory_pca(network, args.pca_traj, args.pca_points, args.seed, device, progress=True).to_dict()
-        results["pca"] = pca
-        write_json(state, results)
-    top = pca["mean_top"]
-    print(f"PCA of {pca['n_traj']} trajectories: top-1 {top['1']:.5f}, top-2 {top['2']:.5f}, top-3 {top['3']:.5f}")
+    pcas = {}
+    for key, scaled in (("pca", False), ("pca_scaled", True)):
+        pca = results.get(key)
+        if pca is None or pca.get("n_traj") != args.pca_traj or pca.get("n_points") != args.pca_points:
+            pca = trajectory_pca(
+                network, args.pca_traj, args.pca_points, args.seed, device, progress=True, scaled=scaled
+            )
+            results[key] = pca.to_dict()
+            write_json(state, results)
+        pcas[key] = results[key]
 
     table = render_results_markdown(results)
-    table += (
-        f"\nPCA of {pca['n_traj']} Heun trajectories with {pca['n_points']} polynomial time points (every state "
-        f"x_n kept, centred per trajectory): the top 1 / 2 / 3 principal components explain "
-        f"{top['1']:.4%} / {top['2']:.4%} / {top['3']:.4%} of the variance on average "
-        f"(worst trajectory: {pca['min_top']['1']:.4%} / {pca['min_top']['2']:.4%} / {pca['min_top']['3']:.4%}).\n"
-    )
+    for key, what in (("pca", "every state x_n kept"), ("pca_scaled", "states scaled by 1/sqrt(1 + t_n^2)")):
+        pca = pcas[key]
+        top, low = pca["mean_top"], pca["min_top"]
+        table += (
+            f"\nPCA of {pca['n_traj']} Heun trajectories with {pca['n_points']} polynomial time points ({what}, "
+            f"centred per trajectory): the top 1 / 2 / 3 principal components explain "
+            f"{top['1']:.4%} / {top['2']:.4%} / {top['3']:.4%} of the variance on average "
+            f"(worst trajectory: {low['1']:.4%} / {low['2']:.4%} / {low['3']:.4%}).\n"
+        )
     if not results.get("complete"):
         table += "\n**Incomplete run**: some cells were not reached; run again to resume.\n"
     atomic_write_bytes(out / "RESULTS_table.md", table.encode())
     plot_fid_vs_nfe(results, out / "fid_vs_nfe.png")
-    plot_pca(pca, out / "pca.png")
+    plot_pca({"raw states": pcas["pca"], "scaled by 1/sqrt(1+t^2)": pcas["pca_scaled"]}, out / "pca.png")
     sample_grid(network, cells, args.grid_nfe, args.seed, device, out / f"samples_nfe{args.grid_nfe}.png")
     if state.resolve() != (out / "results.json").resolve():
         atomic_write_bytes(out / "results.json", state.read_bytes())

@@ -137,6 +137,23 @@ def test_pca_of_a_straight_line_is_one_component():
     np.testing.assert_allclose(pca.ratios[:, 0], 1.0, atol=1e-9)
 
 
+def test_scaled_pca_sees_two_directions_in_a_line_off_the_origin():
+    # D(x, t) = c makes x_t = c + (x_0 - c) t / t_0: one straight line (raw PCA: one component);
+    # dividing by sqrt(1 + t^2) bends it inside span{c, x_0 - c} (exactly two components)
+    class Constant(torch.nn.Module):
+        img_channels, img_resolution, label_dim = 1, 4, 0
+        sigma_min, sigma_max = 0.002, 80.0
+
+        def forward(self, x, sigma, class_labels=None, taps=()):
+            return torch.full_like(x, 0.7)
+
+    raw = trajectory_pca(AMEDNetwork(Constant()), 3, 24, top_k=3)
+    scaled = trajectory_pca(AMEDNetwork(Constant()), 3, 24, top_k=3, scaled=True)
+    np.testing.assert_allclose(raw.ratios[:, 0], 1.0, atol=1e-9)
+    assert np.all(scaled.ratios[:, 0] < 0.999)
+    np.testing.assert_allclose(scaled.cumulative[:, 1], 1.0, atol=1e-9)
+
+
 def test_baseline_afs_rule():
     assert baseline_afs("heun", 5) and baseline_afs("dpm2", 3)
     assert not baseline_afs("heun", 6) and not baseline_afs("euler", 5) and not baseline_afs("ipndm", 3)
@@ -246,7 +263,7 @@ def test_plots_write_png(tmp_path, backend):
         assert img.format == "PNG" and img.width >= 600 and img.height >= 400
         assert len(img.convert("RGB").getcolors(1 << 20)) > 5  # lines, text and legend were drawn
     pca = {"n_traj": 4, "n_points": 64, "mean_ratio": [0.9, 0.07, 0.02, 0.01]}
-    assert plot_pca(pca, tmp_path / "pca.png", backend=backend) == backend
+    assert plot_pca({"raw": pca, "scaled": pca}, tmp_path / "pca.png", backend=backend) == backend
     with Image.open(tmp_path / "pca.png") as img:
         assert img.format == "PNG"
     # degenerate input (one point, no valid values) still gives a PNG

@@ -1,0 +1,150 @@
+"""Which distillation recipe gives the best AMED predictors for a model? (GPU machine)
+
+    export PYTHONPATH=$PWD
+    python benchmarks/distill_study.py --ckpt amed_deploy/assets/fashion_mnist_edm.safetensors \\
+        --work /tmp/work/study --out $OUT --minutes 9
+
+Stage 1 distils every NFE-5 variant in VARIANTS and measures each one's RMSE against a high-accuracy
+solution of the ODE (Heun, 256 polynomial points) on held-out noise, next to the training-free
+solvers at the same NFE and the predictors currently bundled. Stage 2 takes the recipe with the
+lowest RMSE for each student and distils it for the other NFEs. Everything is kept in --work; a call
+cut short by --minutes (or a later call on the same warm machine) resumes there. Each call writes
+study.json and predictors.tar (the winners, amed{N}.pt / amed_ipndm{N}.pt) to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+import tarfile
+import time
+from pathlib import Path
+
+from amed_deploy import assets
+from amed_deploy.amed_network import AMEDNetwork
+from amed_deploy.atomic import atomic_write_bytes
+from amed_deploy.checkpoint import build_model, file_sha256, load_checkpoint
+from amed_deploy.distill import DistillConfig, distill_predictor
+from amed_deploy.errors import AmedError
+from amed_deploy.evaluate import ReferenceCache, baseline_afs, device_name, rmse_to_reference
+from amed_deploy.predictor_file import load_predictor, save_predictor
+from amed_deploy.sampling import baseline_sampler
+
+# NFE-5 recipes. "paper" is the published AMED-Solver recipe (teacher Heun, M = 1, time_uniform);
+# the others swap in a more accurate teacher, the polynomial schedule, or the time scale a.
+VARIANTS = {
+    "amed/paper": DistillConfig(),
+    "amed/ipndm5-uniform": DistillConfig(teacher="ipndm", teacher_m=5),
+    "amed/ipndm5-poly": DistillConfig(teacher="ipndm", teacher_m=5, schedule="polynomial"),
+    "amed/ipndm5-poly-a0.2": DistillConfig(teacher="ipndm", teacher_m=5, schedule="polynomial", scale_time=0.2),
+    "amed_ipndm/ipndm5-poly": DistillConfig(student="amed_ipndm", teacher="ipndm", teacher_m=5, schedule="polynomial"),
+    "amed_ipndm/ipndm5-poly-a0.2": DistillConfig(
+        student="amed_ipndm", teacher="ipndm", teacher_m=5, schedule="polynomial", scale_time=0.2
+    ),
+}
+BASELINES = ("euler", "dpm2", "ipndm", "dpmpp3m")
+SHIPPED = {"shipped/amed": "amed5.pt", "shipped/amed_ipndm": "amed_ipndm5.pt"}
+FINAL_NFES = (3, 5, 7, 9)
+
+
+def _save_json(path: Path, obj: dict) -> None:
+    atomic_write_bytes(path, json.dumps(obj, indent=1).encode())
+
+
+def _winners(rmse: dict[str, float]) -> dict[str, str]:
+    best: dict[str, str] = {}
+    for name in VARIANTS:
+        student = name.split("/")[0]
+        if student not in best or rmse[name] < rmse[best[student]]:
+            best[student] = name
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ckpt", type=Path, default=assets.MODEL)
+    ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--num", type=int, default=512, help="held-out samples for the RMSE")
+    ap.add_argument("--kimg", type=float, default=10.0)
+    ap.add_argument("--minutes", type=float, default=9.0)
+    args = ap.parse_args()
+    deadline = time.monotonic() + 60 * args.minutes
+    args.work.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    sha = file_sha256(args.ckpt)
+    net = build_model(load_checkpoint(args.ckpt)).to(args.device).eval()
+    state_path = args.work / "study.json"
+    study = json.loads(state_path.read_text()) if state_path.exists() else {"rmse": {}, "seconds": {}}
+    study.update(checkpoint_sha256=sha, kimg=args.kimg, num=args.num, device=device_name(args.device))
+
+    def distil(name: str, cfg: DistillConfig, path: Path) -> bool:
+        """Distil into path unless it is there; False when the time is up first."""
+        if path.exists():
+            return True
+        spent = max(study["seconds"].values(), default=60.0)
+        if time.monotonic() + 1.5 * spent > deadline:
+            return False
+        start = time.monotonic()
+        save_predictor(path, distill_predictor(net, sha, cfg, args.device, progress=False))
+        study["seconds"][name] = time.monotonic() - start
+        print(f"{name}: distilled in {study['seconds'][name]:.0f} s", flush=True)
+        _save_json(state_path, study)
+        return True
+
+    complete = True
+    for name, cfg in VARIANTS.items():
+        cfg = dataclasses.replace(cfg, kimg=args.kimg)
+        complete &= distil(name, cfg, args.work / (name.replace("/", "--") + ".pt"))
+
+    if complete and not study["rmse"]:
+        cfgs, networks = {}, {}
+        for name in VARIANTS:
+            bundle = load_predictor(args.work / (name.replace("/", "--") + ".pt"), sha)
+            cfgs[name] = bundle.sampler
+            networks[name] = AMEDNetwork(net, bundle.predictor.to(args.device), bundle.tap)
+        for name, file in SHIPPED.items():  # the bundled predictors, when they belong to this checkpoint
+            try:
+                bundle = load_predictor(assets.HERE / file, sha)
+            except AmedError:
+                continue
+            cfgs[name] = bundle.sampler
+            networks[name] = AMEDNetwork(net, bundle.predictor.to(args.device), bundle.tap)
+        for solver in BASELINES:
+            cfgs[solver] = baseline_sampler(net, solver, 5, "polynomial", baseline_afs(solver, 5))
+        cache = ReferenceCache("heun", 256)
+        study["rmse"] = rmse_to_reference(
+            AMEDNetwork(net), cfgs, args.num, 128, seed0=7_000_000, device=args.device, cache=cache, networks=networks
+        )
+        _save_json(state_path, study)
+        for name, value in sorted(study["rmse"].items(), key=lambda kv: kv[1]):
+            print(f"  NFE 5 RMSE {value:.4f}  {name}")
+
+    final = args.work / "final"
+    final.mkdir(exist_ok=True)
+    if study["rmse"]:
+        study["winners"] = _winners(study["rmse"])
+        for student, name in study["winners"].items():
+            for nfe in FINAL_NFES:
+                cfg = dataclasses.replace(VARIANTS[name], nfe=nfe, kimg=args.kimg)
+                src = args.work / (name.replace("/", "--") + ".pt")
+                path = final / f"{student}{nfe}.pt"
+                if nfe == 5 and not path.exists():
+                    path.write_bytes(src.read_bytes())
+                complete &= distil(f"final/{student}{nfe}", cfg, path)
+    study["complete"] = complete
+    _save_json(state_path, study)
+    _save_json(args.out / "study.json", study)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for path in sorted(final.glob("*.pt")):
+            tar.add(path, arcname=path.name)
+    atomic_write_bytes(args.out / "predictors.tar", buf.getvalue())
+    print("complete" if complete else "incomplete: run again with the same arguments", flush=True)
+
+
+if __name__ == "__main__":
+    main()
