@@ -116,6 +116,7 @@ def distill(
             loss.backward()
             opt.step()
             state.slopes = [s.detach() for s in state.slopes]  # multistep students: history is data
+            state.slope_times = [v.detach() if isinstance(v, Tensor) else v for v in state.slope_times]
             x = x_next.detach()
             batch_loss += loss.item() / (sampler.num_points - 1)
         losses.append(batch_loss)

@@ -12,7 +12,7 @@ from scipy.integrate import quad
 from amed_deploy.errors import AmedError
 from amed_deploy.solvers import SolverConfig, make_schedule, nested_schedule, nfe_for, points_for_nfe, sample
 from amed_deploy.solvers.reference import reference_solution
-from amed_deploy.solvers.steps import adams_bashforth, dpmpp_update
+from amed_deploy.solvers.steps import adams_bashforth, dpmpp_update, uneven_adams_bashforth
 
 SMIN, SMAX = 0.002, 80.0
 ALL = ["euler", "heun", "midpoint", "dpm2", "ipndm", "dpmpp2m", "dpmpp3m", "amed", "amed_euler", "amed_ipndm"]
@@ -107,6 +107,33 @@ def test_adams_bashforth_exact_for_polynomials(order):
     d = torch.tensor(p(t), dtype=torch.float64)
     got = h * adams_bashforth(d, history, max_order=4)
     assert got.item() == pytest.approx(integral(t, t + h), abs=1e-12)
+
+
+@pytest.mark.parametrize("order", [1, 2, 3, 4])
+def test_uneven_adams_bashforth_exact_for_polynomials(order):
+    """On an uneven grid, order-k AB integrates slopes of degree k-1 exactly; per-sample tensor times
+    (the plugin's learned s_n) give each sample its own exact answer."""
+    coeffs = [0.7, -1.3, 0.4, 0.25][:order]
+    p = lambda t: sum(c * t**i for i, c in enumerate(coeffs))  # noqa: E731
+    integral = lambda a, b: sum(c * (b ** (i + 1) - a ** (i + 1)) / (i + 1) for i, c in enumerate(coeffs))  # noqa: E731
+    past = [3.1, 2.2, 1.9][-(order - 1) :] if order > 1 else []  # oldest first, very unequal gaps
+    t = torch.tensor([1.4, 1.1], dtype=torch.float64)  # two samples, two different current times
+    h = torch.tensor([-0.9, -0.35], dtype=torch.float64)
+    history = [torch.tensor(p(u), dtype=torch.float64).repeat(2) for u in past]
+    got = h * uneven_adams_bashforth(p(t), t, h, history, past, max_order=4)
+    want = torch.tensor([integral(t[i].item(), (t[i] + h[i]).item()) for i in range(2)], dtype=torch.float64)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("order", [1, 2, 3, 4])
+def test_uneven_adams_bashforth_on_equal_steps_is_ipndm(order):
+    h, t = -0.3, 2.0
+    history = [torch.randn(5, dtype=torch.float64) for _ in range(order - 1)]
+    times = [t - k * h for k in range(order - 1, 0, -1)]
+    d = torch.randn(5, dtype=torch.float64)
+    torch.testing.assert_close(
+        uneven_adams_bashforth(d, t, h, history, times, 4), adams_bashforth(d, history, 4), rtol=1e-12, atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("order", [1, 3])

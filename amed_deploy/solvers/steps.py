@@ -109,7 +109,8 @@ def points_for_nfe(solver: str, nfe: int, afs: bool) -> int:
 class SolverState:
     """What multistep solvers carry between intervals, and the evaluation count."""
 
-    slopes: list[Tensor] = field(default_factory=list)  # iPNDM: newest last
+    slopes: list[Tensor] = field(default_factory=list)  # iPNDM and its plugin: newest last
+    slope_times: list[float | Tensor] = field(default_factory=list)  # the plugin: where each slope was taken
     denoised: list[tuple[float, Tensor]] = field(default_factory=list)  # DPM-Solver++: (t, D)
     nfe: int = 0
 
@@ -138,6 +139,38 @@ def adams_bashforth(d: Tensor, history: Sequence[Tensor], max_order: int) -> Ten
     out = coeffs[0] * d
     for k in range(1, order):
         out = out + coeffs[k] * history[-k]
+    return out
+
+
+def uneven_adams_bashforth(
+    d: Tensor,
+    t: float | Tensor,
+    h: float | Tensor,
+    history: Sequence[Tensor],
+    times: Sequence[float | Tensor],
+    max_order: int,
+) -> Tensor:
+    """The Adams-Bashforth slope for a step from t to t + h on an uneven grid: the mean over the step of
+    the polynomial through d (at t) and the stored slopes (at `times`), order ramping up as the history
+    grows. Exact when the slope is a polynomial of degree < order in t; on equal steps it gives iPNDM's
+    coefficients. Times may be per-sample tensors (the AMED-Plugin's learned intermediate times)."""
+    order = min(max_order, len(history) + 1)
+    nodes = [0.0] + [times[-k] - t for k in range(1, order)]  # positions relative to t
+    ys = [d] + [history[-k] for k in range(1, order)]
+    out = 0.0
+    for j in range(order):
+        coeffs: list = [1.0]  # prod over m != j of (u - u_m), lowest power first
+        denom: float | Tensor = 1.0
+        for m in range(order):
+            if m != j:
+                coeffs = (
+                    [-nodes[m] * coeffs[0]]
+                    + [coeffs[p - 1] - nodes[m] * coeffs[p] for p in range(1, len(coeffs))]
+                    + [coeffs[-1]]
+                )
+                denom = denom * (nodes[j] - nodes[m])
+        mean = sum(c * h**p / (p + 1) for p, c in enumerate(coeffs))  # (1/h) * integral over [0, h]
+        out = out + (mean / denom) * ys[j]
     return out
 
 
@@ -230,14 +263,17 @@ def step(model: Model, x: Tensor, t_steps: Sequence[float], n: int, solver: Solv
         return _intermediate(model, state, x, d, t, t_next, s, a, c, restart=False)
     if name == "amed_euler":
         return _intermediate(model, state, x, d, t, t_next, s, a, c, restart=True)
-    # amed_ipndm: iPNDM on the refined grid t_n -> s_n -> t_{n+1}; both slopes join the history.
-    x_s = x + (s - t) * adams_bashforth(d, state.slopes, solver.max_order)
+    # amed_ipndm: iPNDM on the refined grid t_n -> s_n -> t_{n+1}, both slopes joining the history. The
+    # sub-steps are very unequal, so the Adams-Bashforth weights are those of the actual grid.
+    x_s = x + (s - t) * uneven_adams_bashforth(d, t, s - t, state.slopes, state.slope_times, solver.max_order)
     _push(state.slopes, d)
+    _push(state.slope_times, t)
     scale = c * (t_next - s)
     d_s = slope(x_s, _call(model, state, x_s, a * s, t_next).denoised, s)
-    x_next = x_s + scale * adams_bashforth(d_s, state.slopes, solver.max_order)
+    ab = uneven_adams_bashforth(d_s, s, t_next - s, state.slopes, state.slope_times, solver.max_order)
     _push(state.slopes, d_s)
-    return x_next
+    _push(state.slope_times, s)
+    return x_s + scale * ab
 
 
 def _intermediate(
