@@ -23,9 +23,9 @@ def main() -> None:
     ap.add_argument("--out", default="distill_speed.md")
     args = ap.parse_args()
     net = randomize_(build_network("EDMPrecond", dict(CIFAR10)), seed=0, scale=0.5).cuda().eval()
-    warm = DistillConfig(batch=args.batch, kimg=args.batch / 1000)
+    warm = DistillConfig(teacher="heun", teacher_m=1, batch=args.batch, kimg=args.batch / 1000)
     distill(net, warm, "cuda", progress=False)  # cuDNN autotuning, allocator warm-up
-    cfg = DistillConfig(batch=args.batch, kimg=args.kimg)
+    cfg = DistillConfig(teacher="heun", teacher_m=1, batch=args.batch, kimg=args.kimg)
     torch.cuda.synchronize()
     start = time.perf_counter()
     _, sampler, losses = distill(net, cfg, "cuda", progress=False)

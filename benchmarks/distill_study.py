@@ -37,7 +37,7 @@ from amed_deploy.sampling import baseline_sampler
 # NFE-5 recipes. "paper" is the published AMED-Solver recipe (teacher Heun, M = 1, time_uniform);
 # the others swap in a more accurate teacher, the polynomial schedule, or the time scale a.
 VARIANTS = {
-    "amed/paper": DistillConfig(),
+    "amed/paper": DistillConfig(teacher="heun", teacher_m=1),
     "amed/ipndm5-uniform": DistillConfig(teacher="ipndm", teacher_m=5),
     "amed/ipndm5-poly": DistillConfig(teacher="ipndm", teacher_m=5, schedule="polynomial"),
     "amed/ipndm5-poly-a0.2": DistillConfig(teacher="ipndm", teacher_m=5, schedule="polynomial", scale_time=0.2),

@@ -20,10 +20,10 @@ pytestmark = pytest.mark.skipif(bool(assets.missing()), reason="bundled demo fil
 def test_bundle_is_small_and_predictors_are_bound_to_it():
     assert assets.MODEL.stat().st_size < 20e6
     sha = file_sha256(assets.MODEL)
-    for nfe, path in assets.PREDICTORS.items():
-        if path.exists():
+    for solver, files in (("amed", assets.PREDICTORS), ("amed_ipndm", assets.PLUGIN_PREDICTORS)):
+        for nfe, path in files.items():
             bundle = load_predictor(path, checkpoint_sha256=sha)  # refuses a mismatch
-            assert bundle.sampler.nfe == nfe and bundle.sampler.solver == "amed"
+            assert bundle.sampler.nfe == nfe and bundle.sampler.solver == solver
 
 
 def test_amed5_is_close_to_the_accurate_solution():

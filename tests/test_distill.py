@@ -56,6 +56,23 @@ def test_plugin_students_train_and_sample(tiny_ckpt, student):
     assert labels.argmax(1).tolist() == [0, 1, 2]
 
 
+def test_plugin_distillation_beats_its_untrained_predictor(tiny_ckpt):
+    """The iPNDM plugin learns while continuing from its own outputs (multistep history)."""
+    from dataclasses import replace
+
+    from amed_deploy.checkpoint import build_model, load_checkpoint
+
+    net = build_model(load_checkpoint(tiny_ckpt))
+    cfg = replace(TINY_DISTILL, student="amed_ipndm", kimg=0.24)
+    network, sampler, losses = distill(net, cfg, progress=False)
+    trained = endpoint_rmse(network, sampler.solver_config, sampler, cfg, HELD_OUT, 8)
+    torch.manual_seed(cfg.seed)
+    untrained = AMEDNetwork(network.net, AMEDPredictor(network.predictor.config), network.tap)
+    fresh = endpoint_rmse(untrained, sampler.solver_config, sampler, cfg, HELD_OUT, 8)
+    assert trained < 0.7 * fresh, (trained, fresh)
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+
+
 def test_distill_validation():
     net = tiny_net()
     with pytest.raises(AmedError, match="no predictor to train"):
