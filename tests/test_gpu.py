@@ -52,6 +52,17 @@ def test_torch_cuda_executor(tiny_ckpt, distilled, reference, precision):
     assert _rel(first, images) <= 1e-4 and torch.equal(again, first)
 
 
+def test_torch_compile_executor(tiny_ckpt, distilled, reference):
+    """torch.compile (Inductor) inside the whole-loop CUDA graph keeps fp16 parity."""
+    *_, pred = distilled
+    smp = Sampler.load(
+        tiny_ckpt, predictor=pred, batch=4, device="cuda", precision="fp16", cuda_graph=True, compile=True
+    )
+    err = _rel(smp.sample(seed=5).images, reference)
+    print(f"PyTorch CUDA fp16 compiled: rel. max abs error {err:.2e}")
+    assert err <= BOUND["fp16"] and smp.graphed
+
+
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_onnxruntime_cuda_provider(tmp_path, distilled, reference, precision):
     ort = pytest.importorskip("onnxruntime")

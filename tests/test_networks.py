@@ -171,6 +171,16 @@ def test_attention_interleaves_qkv() -> None:
     assert not torch.allclose(out, wrong, atol=1e-3)
 
 
+def test_fused_attention_matches_the_explicit_one() -> None:
+    """The CUDA fp16 path's kernel (scaled_dot_product_attention) computes the same attention; checked
+    here in fp32 on the CPU, and end to end in fp16 on the GPU by tests/test_gpu.py."""
+    from amed_deploy.networks.layers import explicit_attention, fused_attention
+
+    q, k, v = (torch.randn(6, 16, 64) * 3 for _ in range(3))
+    torch.testing.assert_close(fused_attention(q, k, v), explicit_attention(q, k, v), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(fused_attention(q, k, v), explicit_attention(q, v, k), atol=1e-2)  # k, v matter
+
+
 def test_half_precision_norm_and_attention_stay_finite() -> None:
     x = torch.randn(2, 16, 4, 4) * 300
     norm = GroupNorm(16)

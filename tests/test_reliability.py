@@ -142,6 +142,54 @@ def test_eight_samplers_in_one_process_match_single_runs(amed_onnx):
         assert torch.equal(results[seed], expected[seed])
 
 
+def _fail_next_run(smp: Sampler, error: Exception) -> None:
+    """Make the executor's next run raise `error` once (a fault injected mid-loop)."""
+    real = smp.executor.run
+    state = {"armed": True}
+
+    def run() -> None:
+        if state["armed"]:
+            state["armed"] = False
+            raise error
+        real()
+
+    smp.executor.run = run
+
+
+def test_an_executor_exception_leaves_the_sampler_usable(amed_onnx):
+    smp = Sampler.load(amed_onnx, batch=2, device="cpu")
+    want = smp.sample(seed=3).images
+    _fail_next_run(smp, ValueError("backend hiccup"))
+    with pytest.raises(ValueError, match="hiccup"):
+        smp.sample(seed=3)
+    assert torch.equal(smp.sample(seed=3).images, want)  # the next call works and is unaffected
+
+
+def test_a_device_fault_makes_the_sampler_refuse_and_say_rebuild(amed_onnx):
+    smp = Sampler.load(amed_onnx, batch=2, device="cpu")
+    _fail_next_run(smp, RuntimeError("CUDA error: an illegal memory access was encountered"))
+    with pytest.raises(AmedError, match="device failed.*rebuild it"):
+        smp.sample(seed=3)
+    with pytest.raises(AmedError, match="unusable after an earlier failure.*illegal memory access"):
+        smp.sample(seed=3)  # refuses at once instead of running on suspect buffers
+    fresh = Sampler.load(amed_onnx, batch=2, device="cpu")
+    assert torch.isfinite(fresh.sample(seed=3).images).all()
+
+
+def test_out_of_memory_is_reported_and_recoverable(amed_onnx):
+    smp = Sampler.load(amed_onnx, batch=2, device="cpu")
+    want = smp.sample(seed=1).images
+    _fail_next_run(smp, torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    with pytest.raises(AmedError, match="out of GPU memory while sampling a batch of 2"):
+        smp.sample(seed=1)
+    assert torch.equal(smp.sample(seed=1).images, want)
+
+
+def test_compile_is_refused_for_exported_graphs(amed_onnx):
+    with pytest.raises(AmedError, match="compile applies to the PyTorch executor"):
+        Sampler.load(amed_onnx, batch=2, device="cpu", compile=True)
+
+
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors", ".pkl", ".onnx", ".plan"])
 @pytest.mark.parametrize("content", [b"", b"\x00" * 64, b"garbage" * 10])
 def test_cli_bad_files_give_one_line(tmp_path, suffix, content):

@@ -151,8 +151,17 @@ class GroupNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _fused_kernels(x):  # CUDA's kernel accumulates fp16/bf16 statistics in fp32 by itself
+            return F.group_norm(x, self.num_groups, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
         y = F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps)
         return y.to(x.dtype)
+
+
+def _fused_kernels(x: torch.Tensor) -> bool:
+    """Half-precision CUDA tensors take PyTorch's fused kernels (GroupNorm, flash attention), which keep
+    fp32 accumulation internally. Everything else, including every ONNX export (traced on the CPU),
+    spells the fp32 statistics out so the exported graph is safe in fp16 on any runtime."""
+    return x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)
 
 
 def attention(qkv: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -164,12 +173,23 @@ def attention(qkv: torch.Tensor, num_heads: int) -> torch.Tensor:
     """
     b, c3, h, w = qkv.shape
     c = c3 // 3
-    q, k, v = qkv.reshape(b * num_heads, c // num_heads, 3, h * w).unbind(2)
-    scale = 1 / math.sqrt(c // num_heads)
+    q, k, v = qkv.reshape(b * num_heads, c // num_heads, 3, h * w).unbind(2)  # each [N, c/heads, HW]
+    out = fused_attention(q, k, v) if _fused_kernels(qkv) else explicit_attention(q, k, v)
+    return out.reshape(b, c, h, w)
+
+
+def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q^T k / sqrt(d)) applied to v, logits and softmax in fp32; [N, d, L] in and out."""
+    scale = 1 / math.sqrt(q.shape[1])
     logits = torch.bmm(q.float().transpose(1, 2), k.float() * scale)  # [N, Lq, Lk]
     weights = torch.softmax(logits, dim=2).to(v.dtype)
-    out = torch.bmm(v, weights.transpose(1, 2))  # [N, c, Lq]
-    return out.reshape(b, c, h, w)
+    return torch.bmm(v, weights.transpose(1, 2))  # [N, d, Lq]
+
+
+def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The same attention through PyTorch's fused kernel (flash attention on CUDA in fp16)."""
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    return out.transpose(1, 2)
 
 
 class PositionalEmbedding(nn.Module):

@@ -26,6 +26,10 @@ from ..solvers import Evaluation, canonical_solver, sample
 from .executor import DENOISED, LABELS, SIGMA, SIGMA_NEXT, A, C, Executor, R, X
 
 CHECKPOINT_SUFFIXES = (".pt", ".safetensors", ".pkl")
+REBUILD = (
+    "rebuild it with Sampler.load (after a sticky CUDA error such as an illegal memory access or a "
+    "device-side assert, CUDA itself is unusable in this process: restart the process)"
+)
 
 
 @dataclass
@@ -81,6 +85,12 @@ class Sampler:
         self._graph: torch.cuda.CUDAGraph | None = None
         self._want_graph = cuda_graph and self.device.type == "cuda" and executor.capturable
         self._result: Tensor | None = None
+        self._broken: str | None = None  # set by a device fault: every later call refuses
+
+    @property
+    def graphed(self) -> bool:
+        """Whether calls replay the whole NFE loop as one recorded CUDA graph."""
+        return self._want_graph
 
     @classmethod
     def load(
@@ -97,13 +107,17 @@ class Sampler:
         precision: str = "fp32",
         cuda_graph: bool = False,
         force: bool = False,
+        compile: bool = False,
     ) -> Sampler:
         """Open a `.plan` (TensorRT + manifest), an `.onnx` (ONNX Runtime), or a checkpoint
         (`.pt`/`.safetensors`/`.pkl`, PyTorch, with --predictor for AMED). `solver`/`nfe` choose a
-        training-free solver on a plain denoiser graph; an AMED graph fixes its own."""
+        training-free solver on a plain denoiser graph; an AMED graph fixes its own. `compile` runs a
+        checkpoint's network through torch.compile."""
         path = Path(path)
         dev = torch.device(device) if device is not None else _default_device()
         suffix = path.suffix.lower()
+        if compile and suffix not in CHECKPOINT_SUFFIXES:
+            raise AmedError("compile applies to the PyTorch executor: load a checkpoint, not a .onnx or .plan")
         if suffix == ".onnx":
             from .onnx_executor import OnnxExecutor
 
@@ -113,7 +127,9 @@ class Sampler:
 
             executor = TRTExecutor.open(path, batch, dev)
         elif suffix in CHECKPOINT_SUFFIXES:
-            executor = _torch_executor(path, predictor, batch or 1, dev, precision, solver, nfe, schedule, afs, force)
+            executor = _torch_executor(
+                path, predictor, batch or 1, dev, precision, solver, nfe, schedule, afs, force, compile
+            )
         else:
             raise AmedError(f"{path}: unknown file type {suffix!r}; expected .plan, .onnx or a checkpoint (.pt)")
         return cls(executor, resolve_sampler(executor.spec, solver, nfe, schedule, afs), cuda_graph=cuda_graph)
@@ -130,10 +146,22 @@ class Sampler:
         if not torch.isfinite(seeded).all():
             raise AmedError("input noise contains NaN or infinite values")
         with self._lock:
-            self._noise.copy_(seeded)
-            if labels is not None:
-                self.executor.inputs[LABELS].copy_(labels)
-            images = self._run().clone()
+            if self._broken is not None:
+                raise AmedError(f"this Sampler is unusable after an earlier failure ({self._broken}); {REBUILD}")
+            try:
+                self._noise.copy_(seeded)
+                if labels is not None:
+                    self.executor.inputs[LABELS].copy_(labels)
+                images = self._run().clone()
+            except torch.cuda.OutOfMemoryError:
+                self._graph = None  # recoverable: nothing is corrupted, a later call may fit
+                raise AmedError(f"out of GPU memory while sampling a batch of {self.batch}") from None
+            except Exception as e:
+                self._graph = None  # a failure mid-capture leaves no usable graph: record again next time
+                if _is_device_fault(e):
+                    self._broken = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                    raise AmedError(f"the device failed while sampling ({self._broken}); {REBUILD}") from e
+                raise
         if not torch.isfinite(images).all():
             raise AmedError(
                 "the sampler produced NaN/inf values"
@@ -193,7 +221,7 @@ def resolve_sampler(
     return cfg
 
 
-def _torch_executor(path, predictor, batch, dev, precision, solver, nfe, schedule, afs, force) -> Executor:
+def _torch_executor(path, predictor, batch, dev, precision, solver, nfe, schedule, afs, force, compile) -> Executor:
     from ..sampling import load_model
     from .torch_executor import TorchExecutor
 
@@ -203,7 +231,19 @@ def _torch_executor(path, predictor, batch, dev, precision, solver, nfe, schedul
         lo, hi = sigma_range(loaded.network.net)
         own = SamplerConfig.create(solver, nfe, schedule, lo, hi, afs)
     spec = graph_spec(loaded.network, own, precision, batch, checkpoint_sha256=loaded.checkpoint_sha256)
-    return TorchExecutor(loaded.network, spec, batch, dev)
+    return TorchExecutor(loaded.network, spec, batch, dev, compile=compile)
+
+
+def _is_device_fault(e: Exception) -> bool:
+    """A CUDA/driver failure (its buffers and possibly the whole context are suspect), as opposed to an
+    ordinary exception that leaves the Sampler's state intact."""
+    accelerator_error = getattr(torch, "AcceleratorError", ())
+    if accelerator_error and isinstance(e, accelerator_error):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and any(
+        key in text for key in ("CUDA error", "CUDA driver error", "cudaError", "CUBLAS_STATUS", "CUDNN_STATUS")
+    )
 
 
 def _default_device() -> torch.device:

@@ -13,17 +13,30 @@ from .executor import DENOISED, PREDICTOR_OUTPUTS, allocate
 
 
 class TorchExecutor:
-    """Evaluates DeployModule(network) on the input buffers; channels_last on CUDA where it helps convs."""
+    """Evaluates DeployModule(network) on the input buffers; channels_last on CUDA where it helps convs.
+
+    compile=True hands the module to torch.compile (Inductor fuses GroupNorm, SiLU and the elementwise
+    glue between convolutions; its own CUDA graphs are left off because the Sampler records the whole
+    loop as one). Compilation happens on the first run, for this batch size, and takes a minute or so."""
 
     capturable = True
 
-    def __init__(self, network: AMEDNetwork, spec: GraphSpec, batch: int, device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        network: AMEDNetwork,
+        spec: GraphSpec,
+        batch: int,
+        device: torch.device | str = "cpu",
+        compile: bool = False,
+    ):
         self.spec = spec
         self.device = torch.device(device)
         network = copy.deepcopy(network).to(self.device).eval().requires_grad_(False)
         self.module = DeployModule(network, spec.precision).eval()
         if self.device.type == "cuda":
             self.module.to(memory_format=torch.channels_last)
+        if compile:
+            self.module = torch.compile(self.module, dynamic=False)
         self.inputs, self.outputs = allocate(spec, batch, self.device)
         self._names = [DENOISED, *(PREDICTOR_OUTPUTS if spec.kind == "amed" else ())]
 
