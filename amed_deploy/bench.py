@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import statistics
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -50,6 +52,7 @@ class Row:
     loop_overhead: float | None = None
     fp16_rate_fraction: float | None = None
     peak_mib: float | None = None
+    inputs_ms: float | None = None  # host time of the seeded CPU noise inside end-to-end (part of the overhead)
     note: str = ""
 
 
@@ -78,6 +81,16 @@ def cuda_time_ms(fn: Callable[[], object], repeats: int, warmup: int = 3) -> flo
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def host_time_ms(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall time of a host-only call."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
     return statistics.median(times)
 
 
@@ -224,6 +237,8 @@ def run_bench(
             sampler = SamplerConfig.create("amed", nfe, "time_uniform", 0.002, 80.0, afs=nfe % 2 == 1)
             model = prepare_model(f"{name}-nfe{nfe}", net, kwargs, sampler, folder)
             facts.setdefault("gflops_per_image", {})[name] = model.flops_per_image / 1e9
+            net = model.network.net
+            shape, label_dim = (net.img_channels, net.img_resolution, net.img_resolution), model.network.label_dim
             for batch in batches:
                 base_e2e = None
                 for path in paths:
@@ -241,6 +256,7 @@ def run_bench(
                                 net_call = graphed(net_call)
                         row.net_ms = cuda_time_ms(net_call, repeats)
                         row.e2e_ms = cuda_time_ms(e2e, repeats)
+                        row.inputs_ms = host_time_ms(partial(make_inputs, 0, batch, shape, label_dim), repeats)
                     except Exception as e:  # a path that cannot run here is a finding, not a crash
                         row.note = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
                         rows.append(row)
@@ -269,8 +285,8 @@ def render_markdown(rows: list[Row], facts: dict) -> str:
         f"{facts['fp16_matmul_tflops']:.0f} TFLOP/s; GFLOP per image per forward: {gflops}.",
         "",
         "| network | NFE | batch | path | net alone ms | end-to-end ms | img/s | speedup vs eager | loop overhead "
-        "| fp16-rate fraction | peak MiB | note |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| fp16-rate fraction | peak MiB | host noise ms | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def f(v, fmt):
@@ -280,7 +296,7 @@ def render_markdown(rows: list[Row], facts: dict) -> str:
         lines.append(
             f"| {r.network} | {r.nfe} | {r.batch} | {r.path} | {f(r.net_ms, '.2f')} | {f(r.e2e_ms, '.2f')} | "
             f"{f(r.images_per_s, '.0f')} | {f(r.speedup, '.2f')} | {f(r.loop_overhead, '.2f')} | "
-            f"{f(r.fp16_rate_fraction, '.1%')} | {f(r.peak_mib, '.0f')} | {r.note} |"
+            f"{f(r.fp16_rate_fraction, '.1%')} | {f(r.peak_mib, '.0f')} | {f(r.inputs_ms, '.2f')} | {r.note} |"
         )
     return "\n".join(lines) + "\n"
 

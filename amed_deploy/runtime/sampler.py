@@ -26,6 +26,7 @@ from ..solvers import Evaluation, canonical_solver, sample
 from .executor import DENOISED, LABELS, SIGMA, SIGMA_NEXT, A, C, Executor, R, X
 
 CHECKPOINT_SUFFIXES = (".pt", ".safetensors", ".pkl")
+_CAPTURE_LOCK = threading.Lock()
 REBUILD = (
     "rebuild it with Sampler.load (after a sticky CUDA error such as an illegal memory access or a "
     "device-side assert, CUDA itself is unusable in this process: restart the process)"
@@ -142,9 +143,9 @@ class Sampler:
         if noise is not None:
             if tuple(noise.shape) != tuple(self._noise.shape):
                 raise AmedError(f"noise must have shape {tuple(self._noise.shape)}, got {tuple(noise.shape)}")
+            if not torch.isfinite(noise).all():
+                raise AmedError("input noise contains NaN or infinite values")
             seeded = noise
-        if not torch.isfinite(seeded).all():
-            raise AmedError("input noise contains NaN or infinite values")
         with self._lock:
             if self._broken is not None:
                 raise AmedError(f"this Sampler is unusable after an earlier failure ({self._broken}); {REBUILD}")
@@ -182,17 +183,23 @@ class Sampler:
         return self._result
 
     def _capture(self) -> None:
-        """Record the whole NFE loop as one CUDA graph (static buffers, so replay needs no Python)."""
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):
-            for _ in range(2):  # warm up allocator and backend outside capture
-                self._loop()
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self._result = self._loop()
-        self._graph = graph
+        """Record the whole NFE loop as one CUDA graph (static buffers, so replay needs no Python).
+
+        One capture at a time per process, in thread-local error mode: other threads may keep
+        sampling (or allocating) meanwhile. CUDA's default global mode makes their calls fail the
+        capture ("operation not permitted when stream is capturing"), seen with 8 Samplers capturing
+        in 8 threads."""
+        with _CAPTURE_LOCK:
+            stream = torch.cuda.Stream(self.device)
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(stream):
+                for _ in range(2):  # warm up allocator and backend outside capture
+                    self._loop()
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                self._result = self._loop()
+            self._graph = graph
 
 
 def resolve_sampler(
