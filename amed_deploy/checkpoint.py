@@ -312,11 +312,10 @@ def _load_safetensors(path: Path, what: str) -> dict[str, Any]:
         raise AmedError(f"cannot load {what}: corrupt amed-deploy metadata ({e})") from None
     if not isinstance(header, dict):
         raise AmedError(f"cannot load {what}: corrupt amed-deploy metadata (not a JSON object)")
-    order = header.pop("order", None)
-    if isinstance(order, list) and sorted(order) == sorted(tensors):
-        tensors = {k: tensors[k] for k in order}
-    elif order is not None:
-        raise AmedError(f"cannot load {what}: corrupt amed-deploy metadata (key order does not match tensors)")
+    order = header.pop("order", None)  # always written: its absence means a damaged header
+    if not (isinstance(order, list) and sorted(order) == sorted(tensors)):
+        raise AmedError(f"cannot load {what}: corrupt amed-deploy metadata (key order missing or not the tensors')")
+    tensors = {k: tensors[k] for k in order}
     return {**header, "state_dict": tensors}
 
 

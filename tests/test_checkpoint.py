@@ -249,6 +249,16 @@ def test_flipped_tensor_byte_in_safetensors_is_detected(tmp_path, saved):
         load_checkpoint(path)
 
 
+def test_safetensors_header_without_its_key_order_is_refused(tmp_path, saved):
+    """Found by the byte-flip fuzzer: 'order' -> 'ordes' loaded the right tensors in the wrong order."""
+    raw = saved["edm.safetensors"].replace(b'\\"order\\"', b'\\"ordes\\"', 1)
+    assert raw != saved["edm.safetensors"]
+    path = tmp_path / "edm.safetensors"
+    path.write_bytes(raw)
+    with pytest.raises(AmedError, match="key order missing"):
+        load_checkpoint(path)
+
+
 def test_plain_state_dict_pt(tmp_path):
     torch.save(TinyNet().state_dict(), tmp_path / "weights.pt")
     with pytest.raises(AmedError, match=r"plain state dict .* `amed-deploy convert"):
