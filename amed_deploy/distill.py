@@ -26,6 +26,7 @@ from .predictor_file import PredictorBundle
 from .solvers import SolverConfig, SolverState, nested_schedule, sample, step
 
 MULTISTEP_STUDENTS = ("amed_ipndm",)
+HELD_OUT_SEEDS = range(10**9, 10**9 + 2)  # never used in training (training seeds are seed * 1_000_003 + i)
 
 
 @dataclass(frozen=True)
@@ -146,9 +147,6 @@ def endpoint_rmse(
         total += (x - target).square().sum().item()
         count += x.numel()
     return math.sqrt(total / count)
-
-
-HELD_OUT_SEEDS = range(10**9, 10**9 + 2)  # never used in training (training seeds are seed * 1_000_003 + i)
 
 
 def distill_predictor(
