@@ -22,6 +22,7 @@ import torch
 from .amed_network import AMEDNetwork, TorchModel
 from .checkpoint import Checkpoint, file_sha256, save_checkpoint
 from .config import SamplerConfig
+from .errors import AmedError
 from .noise import make_inputs
 from .predictor import AMEDPredictor
 from .predictor_file import PredictorBundle, save_predictor
@@ -241,25 +242,45 @@ def run_bench(
     paths: list[str],
     repeats: int = 20,
     progress: Callable[[Row], None] | None = None,
+    previous: dict | None = None,
+    deadline: float | None = None,
+    save: Callable[[list[Row], dict], None] | None = None,
 ) -> tuple[list[Row], dict]:
-    """Every (model, NFE, batch, path) cell, measured in one process; returns rows and facts."""
+    """Every (model, NFE, batch, path) cell, measured in one process; returns rows and facts.
+
+    `previous` (an earlier call's rows_to_json, same GPU) resumes: its cells are kept, not measured
+    again, and its eager rows stay the speedup baseline. No new cell starts after `deadline`
+    (time.monotonic()); facts["complete"] says whether every cell is in. `save(rows, facts)` is
+    called after every cell, so nothing measured is lost to a time limit."""
     folder = Path(tempfile.mkdtemp(prefix="amed-bench-"))
-    facts = {
-        "gpu": torch.cuda.get_device_name(),
-        "torch": torch.__version__,
-        "fp16_matmul_tflops": fp16_matmul_tflops(),
-    }
-    rows: list[Row] = []
+    rows, facts = rows_from_json(previous) if previous else ([], {})
+    gpu = torch.cuda.get_device_name()
+    if facts and facts.get("gpu") != gpu:
+        raise AmedError(f"the results to resume were measured on {facts.get('gpu')}, this is {gpu}: start afresh")
+    if not facts:
+        facts = {"gpu": gpu, "torch": torch.__version__, "fp16_matmul_tflops": fp16_matmul_tflops()}
+    facts["complete"] = True
     for name, net, kwargs in models:
         for nfe in nfes:
+            todo = [(b, p) for b in batches for p in paths if cell_key(name, nfe, b, p) not in done_cells(rows)]
+            if not todo:
+                continue
+            if deadline is not None and time.monotonic() > deadline:
+                facts["complete"] = False
+                continue
             sampler = SamplerConfig.create("amed", nfe, "time_uniform", 0.002, 80.0, afs=nfe % 2 == 1)
             model = prepare_model(f"{name}-nfe{nfe}", net, kwargs, sampler, folder)
             facts.setdefault("gflops_per_image", {})[name] = model.flops_per_image / 1e9
             net = model.network.net
             shape, label_dim = (net.img_channels, net.img_resolution, net.img_resolution), model.network.label_dim
             for batch in batches:
-                base_e2e = None
+                base_e2e = baseline_e2e(rows, name, nfe, batch)
                 for path in paths:
+                    if cell_key(name, nfe, batch, path) in done_cells(rows):
+                        continue
+                    if deadline is not None and time.monotonic() > deadline:
+                        facts["complete"] = False
+                        break
                     row = Row(name, nfe, batch, path)
                     torch.cuda.empty_cache()
                     torch.cuda.reset_peak_memory_stats()
@@ -276,9 +297,7 @@ def run_bench(
                         row.inputs_ms = host_time_ms(partial(make_inputs, 0, batch, shape, label_dim), repeats)
                     except Exception as e:  # a path that cannot run here is a finding, not a crash
                         row.note = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
-                        rows.append(row)
-                        if progress:
-                            progress(row)
+                        _record(row, rows, facts, progress, save)
                         continue
                     used = max(torch.cuda.max_memory_allocated(), free_before - torch.cuda.mem_get_info()[0])
                     row.peak_mib = used / 2**20
@@ -289,10 +308,41 @@ def run_bench(
                     if path == "eager-fp32":
                         base_e2e = row.e2e_ms
                     row.speedup = base_e2e / row.e2e_ms if base_e2e else None
-                    rows.append(row)
-                    if progress:
-                        progress(row)
+                    _record(row, rows, facts, progress, save)
     return rows, facts
+
+
+def _record(row: Row, rows: list[Row], facts: dict, progress, save) -> None:
+    rows.append(row)
+    if progress:
+        progress(row)
+    if save:
+        save(rows, facts)
+
+
+def cell_key(network: str, nfe: int, batch: int, path: str) -> tuple[str, int, int, str]:
+    return (network, nfe, batch, path)
+
+
+def done_cells(rows: list[Row]) -> set[tuple[str, int, int, str]]:
+    """Cells already measured (or found impossible here: a note is a result too)."""
+    return {cell_key(r.network, r.nfe, r.batch, r.path) for r in rows}
+
+
+def baseline_e2e(rows: list[Row], network: str, nfe: int, batch: int) -> float | None:
+    """End-to-end time of the eager fp32 baseline for this cell, if measured."""
+    for r in rows:
+        if (r.network, r.nfe, r.batch, r.path) == (network, nfe, batch, "eager-fp32") and r.e2e_ms:
+            return r.e2e_ms
+    return None
+
+
+def rows_from_json(data: dict) -> tuple[list[Row], dict]:
+    """Inverse of rows_to_json (for resuming); refuses a file that is not one."""
+    try:
+        return [Row(**r) for r in data["rows"]], dict(data["facts"])
+    except (KeyError, TypeError) as e:
+        raise AmedError(f"not a bench results file ({type(e).__name__}: {e})") from None
 
 
 def render_markdown(rows: list[Row], facts: dict) -> str:
@@ -309,7 +359,8 @@ def render_markdown(rows: list[Row], facts: dict) -> str:
     def f(v, fmt):
         return "" if v is None else format(v, fmt)
 
-    for r in rows:
+    order = {p: i for i, p in enumerate(PATHS)}
+    for r in sorted(rows, key=lambda r: (r.network, r.nfe, r.batch, order.get(r.path, len(order)))):
         lines.append(
             f"| {r.network} | {r.nfe} | {r.batch} | {r.path} | {f(r.net_ms, '.2f')} | {f(r.e2e_ms, '.2f')} | "
             f"{f(r.images_per_s, '.0f')} | {f(r.speedup, '.2f')} | {f(r.loop_overhead, '.2f')} | "

@@ -422,12 +422,16 @@ def run(engine, predictor, batch, seed, classes, solver, nfe, out, npz, cuda_gra
 @click.option(
     "--out", default=Path("BENCHMARKS.md"), show_default=True, type=click.Path(dir_okay=False, path_type=Path)
 )
-def bench(networks, nfes, batches, paths, repeats, out) -> None:
+@click.option("--minutes", type=float, default=None, help="Start no new cell after this many minutes.")
+@click.option("--resume", is_flag=True, help="Keep the cells already in OUT.json (same GPU) and measure the rest.")
+def bench(networks, nfes, batches, paths, repeats, out, minutes, resume) -> None:
     """Benchmark the deployed sampler on the GPU against the eager fp32 PyTorch loop (same run).
 
     Reports network-alone and end-to-end latency, images/s, speedup, loop overhead, the fraction of
-    the measured fp16 matmul rate achieved, and peak memory; writes OUT (markdown) and OUT.json."""
+    the measured fp16 matmul rate achieved, and peak memory; writes OUT (markdown) and OUT.json after
+    every cell, so a run cut short (--minutes, a time-limited machine) continues with --resume."""
     import json
+    import time
 
     import torch
 
@@ -458,19 +462,40 @@ def bench(networks, nfes, batches, paths, repeats, out) -> None:
         else:
             raise AmedError(f"unknown bench network {name!r}: bundled or cifar10")
 
+    results = Path(f"{out}.json")
+    previous = None
+    if resume and results.exists():
+        try:
+            previous = json.loads(results.read_text())
+        except ValueError as e:
+            raise AmedError(f"{results} is not valid JSON ({e}); run without --resume to start afresh") from None
+
+    def save(rows, facts) -> None:
+        atomic_write_bytes(out, render_markdown(rows, facts).encode())
+        atomic_write_bytes(results, json.dumps(rows_to_json(rows, facts), indent=1).encode())
+
     def show(row) -> None:
         click.echo(
             f"{row.network} NFE {row.nfe} batch {row.batch} {row.path}: "
             + (f"{row.e2e_ms:.2f} ms end-to-end, net {row.net_ms:.2f} ms" if row.e2e_ms else row.note)
         )
 
+    deadline = None if minutes is None else time.monotonic() + 60 * minutes
     rows, facts = run_bench(
-        models, [int(n) for n in nfes.split(",")], [int(b) for b in batches.split(",")], paths.split(","), repeats, show
+        models,
+        [int(n) for n in nfes.split(",")],
+        [int(b) for b in batches.split(",")],
+        paths.split(","),
+        repeats,
+        show,
+        previous=previous,
+        deadline=deadline,
+        save=save,
     )
-    text = render_markdown(rows, facts)
-    atomic_write_bytes(out, text.encode())
-    atomic_write_bytes(Path(f"{out}.json"), json.dumps(rows_to_json(rows, facts), indent=1).encode())
-    click.echo(text)
+    save(rows, facts)
+    click.echo(render_markdown(rows, facts))
+    if not facts.get("complete", True):
+        click.echo("incomplete: run again with --resume to measure the remaining cells")
 
 
 @main.command("train-edm")

@@ -8,8 +8,17 @@ from click.testing import CliRunner
 from conftest import tiny_net
 
 from amed_deploy.amed_network import AMEDNetwork
-from amed_deploy.bench import Row, flops_per_image, render_markdown
+from amed_deploy.bench import (
+    Row,
+    baseline_e2e,
+    done_cells,
+    flops_per_image,
+    render_markdown,
+    rows_from_json,
+    rows_to_json,
+)
 from amed_deploy.cli import main
+from amed_deploy.errors import AmedError
 from amed_deploy.predictor import AMEDPredictor
 
 
@@ -35,6 +44,30 @@ def test_markdown_table_and_missing_paths():
     )
     assert "TestGPU" in text and "| cifar10 | 5 | 16 | eager-fp32 | 10.00 | 60.00 | 267 | 1.00 | 1.20 | 10.0% |" in text
     assert "TensorRT is not installed" in text
+
+
+def test_resume_bookkeeping_round_trips_and_keeps_the_baseline():
+    import json
+
+    facts = {"gpu": "TestGPU", "torch": "x", "fp16_matmul_tflops": 700.0, "complete": False}
+    rows = [
+        Row("cifar10", 5, 256, "torch-fp16-graph", 30.0, 160.0, speedup=3.0),
+        Row("cifar10", 5, 256, "eager-fp32", 96.0, 480.0, speedup=1.0),
+        Row("cifar10", 5, 1, "trt-fp16", note="AmedError: TensorRT is not installed"),
+    ]
+    again, facts2 = rows_from_json(json.loads(json.dumps(rows_to_json(rows, facts))))
+    assert again == rows and facts2 == facts
+    assert done_cells(again) == {
+        ("cifar10", 5, 256, "torch-fp16-graph"),
+        ("cifar10", 5, 256, "eager-fp32"),
+        ("cifar10", 5, 1, "trt-fp16"),
+    }
+    assert baseline_e2e(again, "cifar10", 5, 256) == 480.0 and baseline_e2e(again, "cifar10", 5, 1) is None
+    lines = render_markdown(again, facts2).splitlines()
+    body = [ln for ln in lines if ln.startswith("| cifar10")]
+    assert [ln.split(" | ")[3] for ln in body] == ["trt-fp16", "eager-fp32", "torch-fp16-graph"]  # batch, path order
+    with pytest.raises(AmedError, match="not a bench results file"):
+        rows_from_json({"rows": [{"nope": 1}], "facts": {}})
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown on machines without CUDA")
