@@ -114,16 +114,10 @@ def host_time_ms(fn: Callable[[], object], repeats: int) -> float:
 
 
 def graphed(fn: Callable[[], object]) -> Callable[[], object]:
-    """fn recorded once as a CUDA graph (after warm-up on a side stream); returns its replay."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
+    """fn recorded once as a CUDA graph, the way the Sampler records its loop; returns its replay."""
+    from .runtime.sampler import capture_graph
+
+    graph, _ = capture_graph(fn, torch.device("cuda", torch.cuda.current_device()))
     return graph.replay
 
 
@@ -260,10 +254,10 @@ def run_bench(
     if not facts:
         facts = {"gpu": gpu, "torch": torch.__version__, "fp16_matmul_tflops": fp16_matmul_tflops()}
     facts["complete"] = True
+    done = done_cells(rows)  # the resumed cells; each new cell is measured once
     for name, net, kwargs in models:
         for nfe in nfes:
-            todo = [(b, p) for b in batches for p in paths if cell_key(name, nfe, b, p) not in done_cells(rows)]
-            if not todo:
+            if all(cell_key(name, nfe, b, p) in done for b in batches for p in paths):
                 continue
             if deadline is not None and time.monotonic() > deadline:
                 facts["complete"] = False
@@ -276,7 +270,7 @@ def run_bench(
             for batch in batches:
                 base_e2e = baseline_e2e(rows, name, nfe, batch)
                 for path in paths:
-                    if cell_key(name, nfe, batch, path) in done_cells(rows):
+                    if cell_key(name, nfe, batch, path) in done:
                         continue
                     if deadline is not None and time.monotonic() > deadline:
                         facts["complete"] = False

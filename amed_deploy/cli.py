@@ -160,6 +160,17 @@ def _device_option(f):
     )(f)
 
 
+def _data_option(help: str):
+    """--data: the Fashion-MNIST IDX folder (Debian's dataset-fashion-mnist location by default)."""
+    return click.option(
+        "--data",
+        default="/usr/share/datasets/fashion-mnist",
+        show_default=True,
+        type=click.Path(file_okay=False, path_type=Path),
+        help=help,
+    )
+
+
 def _resolve_device(device: str) -> str:
     import torch
 
@@ -499,13 +510,7 @@ def bench(networks, nfes, batches, paths, repeats, out, minutes, resume) -> None
 
 
 @main.command("train-edm")
-@click.option(
-    "--data",
-    default="/usr/share/datasets/fashion-mnist",
-    show_default=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Fashion-MNIST IDX files (Debian: dataset-fashion-mnist).",
-)
+@_data_option("Fashion-MNIST IDX files (Debian: dataset-fashion-mnist).")
 @click.option(
     "--out",
     required=True,
@@ -569,13 +574,7 @@ def _int_list(value: str, option: str) -> list[int]:
 
 @main.command("eval")
 @click.option("--ckpt", required=True, type=click.Path(dir_okay=False, path_type=Path), help="EDM checkpoint.")
-@click.option(
-    "--data",
-    default="/usr/share/datasets/fashion-mnist",
-    show_default=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Fashion-MNIST IDX files: FID reference statistics come from the training split.",
-)
+@_data_option("Fashion-MNIST IDX files: FID reference statistics come from the training split.")
 @click.option(
     "--inception",
     type=click.Path(dir_okay=False, path_type=Path),

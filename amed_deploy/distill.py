@@ -10,7 +10,7 @@ code (`solvers.step`), so what is trained is exactly what is deployed."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -135,18 +135,32 @@ def endpoint_rmse(
     network: AMEDNetwork, solver: SolverConfig, sampler: SamplerConfig, cfg: DistillConfig, seeds: range, batch: int
 ) -> float:
     """RMSE of a solver's final x against the teacher's, on noise from the given seeds (held out)."""
+    return endpoint_rmses(network, [solver], sampler, cfg, seeds, batch)[0]
+
+
+@torch.no_grad()
+def endpoint_rmses(
+    network: AMEDNetwork,
+    solvers: Sequence[SolverConfig],
+    sampler: SamplerConfig,
+    cfg: DistillConfig,
+    seeds: range,
+    batch: int,
+) -> list[float]:
+    """`endpoint_rmse` for several solvers, solving the teacher once per seed for all of them."""
     device = next(network.net.parameters()).device
     shape = (network.net.img_channels, network.net.img_resolution, network.net.img_resolution)
-    total, count = 0.0, 0
+    totals, count = [0.0] * len(solvers), 0
     for seed in seeds:
         noise, labels = make_inputs(seed, batch, shape, network.label_dim)
         x0 = (noise * sampler.sigma_max).to(device)
         labels = None if labels is None else labels.to(device)
         target = teacher_states(network, x0, labels, sampler, cfg)[-1]
-        x, _ = sample(TorchModel(network, labels), x0, sampler.t_steps, solver)
-        total += (x - target).square().sum().item()
-        count += x.numel()
-    return math.sqrt(total / count)
+        for i, solver in enumerate(solvers):
+            x, _ = sample(TorchModel(network, labels), x0, sampler.t_steps, solver)
+            totals[i] += (x - target).square().sum().item()
+        count += x0.numel()
+    return [math.sqrt(total / count) for total in totals]
 
 
 def distill_predictor(
@@ -156,10 +170,12 @@ def distill_predictor(
     and pack everything a predictor file records."""
     network, sampler, losses = distill(net, cfg, device, progress)
     bsz = min(cfg.batch, 64)
-    summary = {"final_loss": losses[-1]}
-    summary["held_out_rmse"] = endpoint_rmse(network, sampler.solver_config, sampler, cfg, HELD_OUT_SEEDS, bsz)
+    solvers = [sampler.solver_config]
     if sampler.solver == "amed":
-        dpm2 = SolverConfig("dpm2", sampler.afs)
-        summary["held_out_rmse_dpm2"] = endpoint_rmse(network, dpm2, sampler, cfg, HELD_OUT_SEEDS, bsz)
+        solvers.append(SolverConfig("dpm2", sampler.afs))  # its base solver at the same NFE, for reference
+    errors = endpoint_rmses(network, solvers, sampler, cfg, HELD_OUT_SEEDS, bsz)
+    summary = {"final_loss": losses[-1], "held_out_rmse": errors[0]}
+    if len(errors) > 1:
+        summary["held_out_rmse_dpm2"] = errors[1]
     training = {"distill": cfg.to_dict(), **summary}
     return PredictorBundle(network.predictor.cpu(), sampler, network.tap, checkpoint_sha256, training)

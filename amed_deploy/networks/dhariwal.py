@@ -108,10 +108,7 @@ class DhariwalUNet(TappableUNet):
             emb = emb + self.map_augment(augment_labels)
         emb = self.map_layer1(F.silu(self.map_layer0(emb)))
         if self.map_label is not None:
-            labels = class_labels
-            if self.training and self.label_dropout:
-                keep = torch.rand([x.shape[0], 1], device=x.device) >= self.label_dropout
-                labels = labels * keep.to(labels.dtype)
+            labels = self._drop_labels(class_labels)
             emb = emb + self.map_label(labels)
         emb = F.silu(emb)
 

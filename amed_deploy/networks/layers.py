@@ -305,6 +305,14 @@ class TappableUNet(nn.Module):
         getattr(self, part)[name] = module
         self.tap_shapes[f"{part}.{name}"] = (channels, res, res)
 
+    def _drop_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """Training only: zero each sample's class label with probability `label_dropout` (the
+        subclass's setting), which teaches the unconditional model used by classifier-free guidance."""
+        if self.training and self.label_dropout:
+            keep = torch.rand([labels.shape[0], 1], device=labels.device) >= self.label_dropout
+            labels = labels * keep.to(labels.dtype)
+        return labels
+
     def tap_shape(self, name: str) -> tuple[int, int, int]:
         """(C, H, W) of the named tap for one sample."""
         self.check_taps((name,))

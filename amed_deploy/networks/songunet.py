@@ -158,10 +158,7 @@ class SongUNet(TappableUNet):
         half = emb.shape[1] // 2
         emb = torch.cat([emb[:, half:], emb[:, :half]], dim=1)  # swap sin/cos halves, as trained
         if self.map_label is not None:
-            labels = class_labels
-            if self.training and self.label_dropout:
-                keep = torch.rand([x.shape[0], 1], device=x.device) >= self.label_dropout
-                labels = labels * keep.to(labels.dtype)
+            labels = self._drop_labels(class_labels)
             emb = emb + self.map_label(labels * math.sqrt(self.map_label.in_features))
         if self.map_augment is not None and augment_labels is not None:
             emb = emb + self.map_augment(augment_labels)

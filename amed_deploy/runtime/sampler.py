@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -26,6 +27,7 @@ from ..solvers import Evaluation, canonical_solver, sample
 from .executor import DENOISED, LABELS, SIGMA, SIGMA_NEXT, A, C, Executor, R, X
 
 CHECKPOINT_SUFFIXES = (".pt", ".safetensors", ".pkl")
+T = TypeVar("T")
 _CAPTURE_LOCK = threading.Lock()
 REBUILD = (
     "rebuild it with Sampler.load (after a sticky CUDA error such as an illegal memory access or a "
@@ -183,23 +185,28 @@ class Sampler:
         return self._result
 
     def _capture(self) -> None:
-        """Record the whole NFE loop as one CUDA graph (static buffers, so replay needs no Python).
+        """Record the whole NFE loop as one CUDA graph (static buffers, so replay needs no Python)."""
+        self._graph, self._result = capture_graph(self._loop, self.device)
 
-        One capture at a time per process, in thread-local error mode: other threads may keep
-        sampling (or allocating) meanwhile. CUDA's default global mode makes their calls fail the
-        capture ("operation not permitted when stream is capturing"), seen with 8 Samplers capturing
-        in 8 threads."""
-        with _CAPTURE_LOCK:
-            stream = torch.cuda.Stream(self.device)
-            stream.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(stream):
-                for _ in range(2):  # warm up allocator and backend outside capture
-                    self._loop()
-            torch.cuda.current_stream(self.device).wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                self._result = self._loop()
-            self._graph = graph
+
+def capture_graph(fn: Callable[[], T], device: torch.device) -> tuple[torch.cuda.CUDAGraph, T]:
+    """Record fn as one CUDA graph after two warm-up runs on a side stream; returns the graph and
+    fn's output from the capture (the buffer each replay rewrites).
+
+    One capture at a time per process, in thread-local error mode: other threads may keep sampling
+    (or allocating) meanwhile. CUDA's default global mode makes their calls fail the capture
+    ("operation not permitted when stream is capturing"), seen with 8 Samplers capturing in 8 threads."""
+    with _CAPTURE_LOCK:
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream):
+            for _ in range(2):  # warm up allocator and backend outside capture
+                fn()
+        torch.cuda.current_stream(device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            out = fn()
+        return graph, out
 
 
 def resolve_sampler(
