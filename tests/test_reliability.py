@@ -190,6 +190,13 @@ def test_compile_is_refused_for_exported_graphs(amed_onnx):
         Sampler.load(amed_onnx, batch=2, device="cpu", compile=True)
 
 
+def test_provider_options_are_refused_where_they_cannot_apply(amed_onnx, tiny_ckpt):
+    with pytest.raises(AmedError, match="apply to ONNX Runtime"):
+        Sampler.load(tiny_ckpt, batch=2, device="cpu", solver="euler", nfe=2, provider_options={"use_tf32": "1"})
+    with pytest.raises(AmedError, match="CUDA provider; this session runs on the CPU"):
+        Sampler.load(amed_onnx, batch=2, device="cpu", provider_options={"use_tf32": "1"})
+
+
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors", ".pkl", ".onnx", ".plan"])
 @pytest.mark.parametrize("content", [b"", b"\x00" * 64, b"garbage" * 10])
 def test_cli_bad_files_give_one_line(tmp_path, suffix, content):

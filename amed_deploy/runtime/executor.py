@@ -8,6 +8,7 @@ ordered without host synchronisation (which also makes whole-loop CUDA-graph cap
 
 from __future__ import annotations
 
+import threading
 from typing import Protocol
 
 import torch
@@ -19,6 +20,11 @@ from ..metadata import GraphSpec
 X, SIGMA, SIGMA_NEXT, LABELS = "x", "sigma", "sigma_next", "class_labels"
 DENOISED, R, C, A = "denoised", "r", "c", "a"
 PREDICTOR_OUTPUTS = (R, C, A)
+
+# Held while a backend records a CUDA graph or makes its first, algorithm-choosing calls. Both use
+# CUDA stream capture (ORT and cuDNN do so internally), which fails when another thread's setup calls
+# land during it: seen with 8 Samplers of one kind starting in 8 threads (PyTorch and ORT alike).
+CUDA_SETUP_LOCK = threading.Lock()
 
 
 class Executor(Protocol):

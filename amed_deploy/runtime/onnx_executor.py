@@ -11,7 +11,7 @@ import torch
 
 from ..errors import AmedError
 from ..metadata import GraphSpec, spec_from_metadata_props
-from .executor import SIGMA, SIGMA_NEXT, allocate
+from .executor import CUDA_SETUP_LOCK, SIGMA, SIGMA_NEXT, allocate
 
 _ORT_TYPES = {torch.float32: "tensor(float)", torch.float16: "tensor(float16)"}
 _NP_TYPES = {torch.float32: np.float32, torch.float16: np.float16}
@@ -45,15 +45,33 @@ class OnnxExecutor:
 
     capturable = False  # ORT records its own CUDA graph (enable_cuda_graph)
 
-    def __init__(self, path: str | os.PathLike, batch: int | None, device: torch.device, cuda_graph: bool = False):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        batch: int | None,
+        device: torch.device,
+        cuda_graph: bool = False,
+        provider_options: dict[str, str] | None = None,
+    ):
+        """`provider_options` override the CUDA provider's defaults (ORT's documented names, e.g.
+        use_tf32="1", which our fp32 sessions switch off so that fp32 graphs compute in fp32)."""
         self.device = torch.device(device)
         if self.device.type == "cuda":
-            options = {"device_id": self.device.index or 0, "use_tf32": "0"}  # fp32 graphs mean fp32
+            options = {
+                "device_id": self.device.index or 0,
+                "use_tf32": "0",
+                # Measured on the H100 (docs/BENCHMARKS.md): the exhaustive search picks convolution
+                # kernels 2x slower on the fp16 CIFAR-10 graph at batch 256; elsewhere within 3%.
+                "cudnn_conv_algo_search": "HEURISTIC",
+            }
             if cuda_graph:
                 options["enable_cuda_graph"] = "1"
             else:  # share torch's stream so torch ops and ORT kernels stay ordered without host syncs
                 options["user_compute_stream"] = str(torch.cuda.current_stream(self.device).cuda_stream)
+            options.update(provider_options or {})
             providers = [("CUDAExecutionProvider", options)]
+        elif provider_options:
+            raise AmedError("provider_options configure ONNX Runtime's CUDA provider; this session runs on the CPU")
         else:
             providers = ["CPUExecutionProvider"]
         self.session = open_session(path, providers)
@@ -74,19 +92,24 @@ class OnnxExecutor:
                     list(t.shape),
                     t.data_ptr(),
                 )
+        if self.device.type == "cuda":
+            with CUDA_SETUP_LOCK:
+                self._warm_up()
 
-        if self.device.type == "cuda" and cuda_graph:
-            self._capture()
-
-    def _capture(self) -> None:
-        """ORT records its CUDA graph on the first runs: do them now, so a graph that cannot be
-        captured fails at load time with a clear message instead of in the middle of sampling."""
+    def _warm_up(self) -> None:
+        """Make the first runs now, one session at a time: they choose kernels and allocate, and with
+        cuda_graph ORT records its graph during them. Concurrent first runs in several threads failed
+        ("operation not permitted when stream is capturing"), and a graph that cannot be captured
+        should fail here with a clear message rather than in the middle of sampling."""
         self.inputs[SIGMA].fill_(1.0)
         self.inputs[SIGMA_NEXT].fill_(0.5)
         try:
-            for _ in range(3):
+            for _ in range(3 if self.cuda_graph else 1):
                 self.run()
+            torch.cuda.current_stream(self.device).synchronize()
         except Exception as e:  # ORT reports CUDA errors as RuntimeError with a long C++ trace
+            if not self.cuda_graph:
+                raise
             raise AmedError(
                 "ONNX Runtime could not record this graph as a CUDA graph (a kernel in it is not "
                 f"capturable: {str(e).split(';')[0][-120:]}); load it without cuda_graph, or use the "

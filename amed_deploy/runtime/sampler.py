@@ -24,11 +24,10 @@ from ..errors import AmedError
 from ..metadata import GraphSpec
 from ..noise import make_inputs
 from ..solvers import Evaluation, canonical_solver, sample
-from .executor import DENOISED, LABELS, SIGMA, SIGMA_NEXT, A, C, Executor, R, X
+from .executor import CUDA_SETUP_LOCK, DENOISED, LABELS, SIGMA, SIGMA_NEXT, A, C, Executor, R, X
 
 CHECKPOINT_SUFFIXES = (".pt", ".safetensors", ".pkl")
 T = TypeVar("T")
-_CAPTURE_LOCK = threading.Lock()
 REBUILD = (
     "rebuild it with Sampler.load (after a sticky CUDA error such as an illegal memory access or a "
     "device-side assert, CUDA itself is unusable in this process: restart the process)"
@@ -111,20 +110,24 @@ class Sampler:
         cuda_graph: bool = False,
         force: bool = False,
         compile: bool = False,
+        provider_options: dict[str, str] | None = None,
     ) -> Sampler:
         """Open a `.plan` (TensorRT + manifest), an `.onnx` (ONNX Runtime), or a checkpoint
         (`.pt`/`.safetensors`/`.pkl`, PyTorch, with --predictor for AMED). `solver`/`nfe` choose a
         training-free solver on a plain denoiser graph; an AMED graph fixes its own. `compile` runs a
-        checkpoint's network through torch.compile."""
+        checkpoint's network through torch.compile; `provider_options` tune an `.onnx` file's ONNX
+        Runtime CUDA provider."""
         path = Path(path)
         dev = torch.device(device) if device is not None else _default_device()
         suffix = path.suffix.lower()
         if compile and suffix not in CHECKPOINT_SUFFIXES:
             raise AmedError("compile applies to the PyTorch executor: load a checkpoint, not a .onnx or .plan")
+        if provider_options and suffix != ".onnx":
+            raise AmedError("provider_options apply to ONNX Runtime: load a .onnx file")
         if suffix == ".onnx":
             from .onnx_executor import OnnxExecutor
 
-            executor: Executor = OnnxExecutor(path, batch, dev, cuda_graph=cuda_graph)
+            executor: Executor = OnnxExecutor(path, batch, dev, cuda_graph, provider_options)
         elif suffix == ".plan":
             from .trt_executor import TRTExecutor
 
@@ -196,7 +199,7 @@ def capture_graph(fn: Callable[[], T], device: torch.device) -> tuple[torch.cuda
     One capture at a time per process, in thread-local error mode: other threads may keep sampling
     (or allocating) meanwhile. CUDA's default global mode makes their calls fail the capture
     ("operation not permitted when stream is capturing"), seen with 8 Samplers capturing in 8 threads."""
-    with _CAPTURE_LOCK:
+    with CUDA_SETUP_LOCK:
         stream = torch.cuda.Stream(device)
         stream.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(stream):
