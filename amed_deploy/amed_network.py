@@ -17,6 +17,8 @@ from .networks import feature_shapes
 from .predictor import FEATURE_SIZE, AMEDPredictor
 from .solvers import Evaluation
 
+IMAGE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
 
 def default_tap(net: nn.Module) -> str:
     """The last encoder block at 8x8 resolution (AMED's choice, e.g. 'enc.8x8_block3' for CIFAR-10)."""
@@ -69,15 +71,15 @@ class AMEDNetwork(nn.Module):
 
 class DeployModule(nn.Module):
     """AMEDNetwork with the deployed graph's boundary: x and denoised in the graph's precision (the
-    U-Net runs fp16 in fp16 graphs; preconditioning, sigmas and g_phi stay fp32). Traced by the
-    exporter and run by the PyTorch executor, so both compute the same thing."""
+    U-Net runs in fp16/bf16 in half-precision graphs; preconditioning, sigmas and g_phi stay fp32).
+    Traced by the exporter and run by the PyTorch executor, so both compute the same thing."""
 
     def __init__(self, network: AMEDNetwork, precision: str = "fp32"):
         super().__init__()
         self.network = network
-        self.image_dtype = torch.float16 if precision == "fp16" else torch.float32
-        if precision == "fp16":
-            network.net.model.half()
+        self.image_dtype = IMAGE_DTYPES[precision]
+        if precision != "fp32":
+            network.net.model.to(self.image_dtype)
 
     def forward(self, x: Tensor, sigma: Tensor, sigma_next: Tensor, class_labels: Tensor | None = None):
         out = self.network(x.float(), sigma, sigma_next, class_labels)

@@ -33,6 +33,7 @@ PATHS = (
     "torch-fp16",
     "torch-fp16-graph",  # (b) fp16, channels-last, the whole NFE loop as one CUDA graph
     "torch-fp16-compile-graph",  # (b) the same with the network through torch.compile
+    "torch-bf16-compile-graph",  # (b) the same in bf16
     "ort-fp32",
     "ort-fp16",
     "ort-fp16-graph",  # (c) ONNX Runtime CUDA provider with I/O binding (and its CUDA graph)
@@ -200,7 +201,7 @@ def open_path(model: BenchModel, path: str, batch: int, folder: Path):
             predictor=model.predictor,
             batch=batch,
             device="cuda",
-            precision="fp16",
+            precision="bf16" if "bf16" in path else "fp16",
             cuda_graph=path.endswith("graph"),
             compile="compile" in path,
         )

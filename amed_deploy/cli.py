@@ -427,7 +427,8 @@ def run(engine, predictor, batch, seed, classes, solver, nfe, out, npz, cuda_gra
         ("eager-fp32", "torch-fp16", "torch-fp16-graph", "ort-fp32", "ort-fp16", "ort-fp16-graph", "trt-fp16")
     ),
     show_default=True,
-    help="Comma-separated paths; also torch-fp16-compile-graph (the fastest; compiles ~1 min per batch size).",
+    help="Comma-separated paths; also torch-fp16-compile-graph (the fastest; compiles ~1 min per batch size) "
+    "and torch-bf16-compile-graph.",
 )
 @click.option("--repeats", default=20, show_default=True, help="Timed calls per measurement (median).")
 @click.option(

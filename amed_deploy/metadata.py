@@ -14,7 +14,7 @@ METADATA_KEY = "amed_deploy"
 SCHEMA = "amed-deploy/graph"
 SCHEMA_VERSION = 1
 KINDS = ("amed", "denoiser")
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "bf16")  # bf16: the PyTorch executor only (exporters refuse it)
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,23 @@ def test_torch_executor_matches_reference(tiny_ckpt, distilled):
     assert _ref_error(out.images, ref) <= 1e-5
 
 
+@pytest.mark.parametrize("precision, dtype", [("fp16", torch.float16), ("bf16", torch.bfloat16)])
+def test_torch_executor_in_half_precision(tmp_path, tiny_ckpt, distilled, precision, dtype):
+    """The U-Net really runs in the half type (its buffers and weights), and stays close to fp32."""
+    network, sampler, _, pred = distilled
+    smp = Sampler.load(tiny_ckpt, predictor=pred, batch=2, device="cpu", precision=precision)
+    assert smp.executor.inputs["x"].dtype == dtype
+    assert {p.dtype for p in smp.executor.module.network.net.model.parameters()} == {dtype}
+    assert {p.dtype for p in smp.executor.module.network.predictor.parameters()} == {torch.float32}
+    ref, _ = reference_sample(network, sampler, seed=0, batch=2)
+    err = _ref_error(smp.sample(seed=0).images.float(), ref)
+    assert 0 < err < 5e-2, err
+    if precision == "bf16":  # a PyTorch-executor precision: no exported graph carries it
+        with pytest.raises(AmedError, match="precision must be fp32 or fp16"):
+            export_onnx(network, tmp_path / "g.onnx", sampler=sampler, precision="bf16")
+        assert not (tmp_path / "g.onnx").exists()
+
+
 def test_fp16_graph(tmp_path, distilled):
     network, sampler, *_ = distilled
     out = tmp_path / "amed5_fp16.onnx"

@@ -66,12 +66,12 @@ class _Precond(nn.Module):
         return torch.as_tensor(sigma)
 
     def _compute_dtype(self, x: torch.Tensor, force_fp32: bool) -> torch.dtype:
-        """fp16 per the official use_fp16 policy (CUDA only), or when the U-Net's weights were cast to
-        fp16 for deployment (tracing an fp16 graph); the preconditioning itself stays fp32."""
+        """The dtype the U-Net's weights were cast to for deployment (fp16/bf16), else fp16 per the
+        official use_fp16 policy (CUDA only); the preconditioning itself stays fp32."""
         first = next(self.model.parameters(), None)
-        weights_fp16 = first is not None and first.dtype == torch.float16
-        use_fp16 = weights_fp16 or (self.use_fp16 and not force_fp32 and x.device.type == "cuda")
-        return torch.float16 if use_fp16 else torch.float32
+        if first is not None and first.dtype in (torch.float16, torch.bfloat16):
+            return first.dtype
+        return torch.float16 if self.use_fp16 and not force_fp32 and x.device.type == "cuda" else torch.float32
 
     def coefficients(self, sigma: torch.Tensor) -> Coefficients:
         """(c_skip, c_out, c_in, c_noise) for sigma of shape [B, 1, 1, 1]."""

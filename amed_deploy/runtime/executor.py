@@ -14,6 +14,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from ..amed_network import IMAGE_DTYPES
 from ..metadata import GraphSpec
 
 # Graph I/O names, fixed by the exporter.
@@ -53,7 +54,7 @@ def io_shapes(spec: GraphSpec, batch: int) -> tuple[dict[str, tuple[int, ...]], 
 
 def image_dtype(spec: GraphSpec) -> torch.dtype:
     """x and denoised carry the graph's precision; sigmas, labels and r, c, a are always fp32."""
-    return torch.float16 if spec.precision == "fp16" else torch.float32
+    return IMAGE_DTYPES[spec.precision]
 
 
 def allocate(spec: GraphSpec, batch: int, device: torch.device) -> tuple[dict[str, Tensor], dict[str, Tensor]]:

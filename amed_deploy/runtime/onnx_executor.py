@@ -11,7 +11,7 @@ import torch
 
 from ..errors import AmedError
 from ..metadata import GraphSpec, spec_from_metadata_props
-from .executor import CUDA_SETUP_LOCK, SIGMA, SIGMA_NEXT, allocate
+from .executor import CUDA_SETUP_LOCK, SIGMA, SIGMA_NEXT, allocate, image_dtype
 
 _ORT_TYPES = {torch.float32: "tensor(float)", torch.float16: "tensor(float16)"}
 _NP_TYPES = {torch.float32: np.float32, torch.float16: np.float16}
@@ -78,6 +78,8 @@ class OnnxExecutor:
         if self.device.type == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
             raise AmedError("ONNX Runtime has no CUDA provider here: install onnxruntime-gpu with CUDA 13")
         self.spec = read_spec(self.session, str(path))
+        if image_dtype(self.spec) not in _ORT_TYPES:
+            raise AmedError(f"{path}: {self.spec.precision} graphs are not supported by ONNX Runtime here")
         self.inputs, self.outputs = allocate(self.spec, self.spec.batch_opt if batch is None else batch, self.device)
         self._check_signature(path)
         self.cuda_graph = cuda_graph

@@ -114,9 +114,9 @@ class Sampler:
     ) -> Sampler:
         """Open a `.plan` (TensorRT + manifest), an `.onnx` (ONNX Runtime), or a checkpoint
         (`.pt`/`.safetensors`/`.pkl`, PyTorch, with --predictor for AMED). `solver`/`nfe` choose a
-        training-free solver on a plain denoiser graph; an AMED graph fixes its own. `compile` runs a
-        checkpoint's network through torch.compile; `provider_options` tune an `.onnx` file's ONNX
-        Runtime CUDA provider."""
+        training-free solver on a plain denoiser graph; an AMED graph fixes its own. A checkpoint runs
+        in `precision` fp32, fp16 or bf16, with `compile` through torch.compile; `provider_options`
+        tune an `.onnx` file's ONNX Runtime CUDA provider."""
         path = Path(path)
         dev = torch.device(device) if device is not None else _default_device()
         suffix = path.suffix.lower()
