@@ -68,7 +68,7 @@ class SamplerConfig:
                 max_order=int(d.get("max_order", 4)),
                 t_steps=tuple(float(t) for t in d["t_steps"]),
             )
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, OverflowError) as e:  # OverflowError: int(inf)
             raise AmedError(f"sampler configuration is incomplete or malformed: {e}") from None
         if nfe_for(cfg.solver, cfg.num_points, cfg.afs) != cfg.nfe or len(cfg.t_steps) != cfg.num_points:
             raise AmedError(

@@ -110,7 +110,7 @@ class GraphSpec:
             )
         except AmedError:
             raise
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, OverflowError) as e:  # OverflowError: int(inf)
             raise AmedError(f"amed-deploy metadata is malformed: {type(e).__name__}: {e}") from None
 
     @classmethod

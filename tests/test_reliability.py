@@ -14,7 +14,7 @@ import time
 import pytest
 import torch
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from amed_deploy.cli import main
@@ -55,6 +55,7 @@ def test_metadata_parser_only_ever_raises_its_own_error(text):
     ),
     value=json_values,
 )
+@example(key="batch_max", value=float("inf"))  # int(inf) raised OverflowError, not AmedError
 def test_mutated_valid_metadata_is_validated(amed_onnx, key, value):
     import onnx
 
@@ -66,6 +67,20 @@ def test_mutated_valid_metadata_is_validated(amed_onnx, key, value):
     except AmedError:
         return
     assert spec.batch_min <= spec.batch_max  # whatever was accepted is consistent
+
+
+def test_infinite_sampler_numbers_are_refused(amed_onnx):
+    import onnx
+
+    from amed_deploy.config import SamplerConfig
+
+    props = {p.key: p.value for p in onnx.load(amed_onnx).metadata_props}
+    d = json.loads(props["amed_deploy"])
+    d["sampler"]["nfe"] = float("inf")
+    with pytest.raises(AmedError, match="malformed"):
+        SamplerConfig.from_dict(d["sampler"])
+    with pytest.raises(AmedError, match="malformed"):
+        spec_from_metadata_props({"amed_deploy": json.dumps(d)})
 
 
 def test_writer_killed_mid_write_leaves_nothing(tmp_path):
