@@ -23,6 +23,7 @@ from .amed_network import AMEDNetwork, TorchModel
 from .checkpoint import Checkpoint, file_sha256, save_checkpoint
 from .config import SamplerConfig
 from .errors import AmedError
+from .networks import CIFAR10_KWARGS, build_network, randomize_
 from .noise import make_inputs
 from .predictor import AMEDPredictor
 from .predictor_file import PredictorBundle, save_predictor
@@ -144,6 +145,16 @@ def flops_per_image(network: AMEDNetwork) -> float:
     return float(counter.get_total_flops())
 
 
+def random_cifar10() -> tuple[torch.nn.Module, dict]:
+    """The released CIFAR-10 DDPM++ configuration with random weights: speed does not depend on training."""
+    return randomize_(build_network("EDMPrecond", dict(CIFAR10_KWARGS)), 0, 0.5).eval(), dict(CIFAR10_KWARGS)
+
+
+def bench_sampler(nfe: int) -> SamplerConfig:
+    """AMED-Solver on the EDM time grid, with AFS at odd NFE (as the paper's NFE 5 rows)."""
+    return SamplerConfig.create("amed", nfe, "time_uniform", 0.002, 80.0, afs=nfe % 2 == 1)
+
+
 def prepare_model(name: str, net: torch.nn.Module, kwargs: dict, sampler: SamplerConfig, folder: Path) -> BenchModel:
     """Write the network and an (untrained: speed does not depend on it) predictor to disk."""
     ckpt = folder / f"{name}.pt"
@@ -263,7 +274,7 @@ def run_bench(
             if deadline is not None and time.monotonic() > deadline:
                 facts["complete"] = False
                 continue
-            sampler = SamplerConfig.create("amed", nfe, "time_uniform", 0.002, 80.0, afs=nfe % 2 == 1)
+            sampler = bench_sampler(nfe)
             model = prepare_model(f"{name}-nfe{nfe}", net, kwargs, sampler, folder)
             facts.setdefault("gflops_per_image", {})[name] = model.flops_per_image / 1e9
             net = model.network.net

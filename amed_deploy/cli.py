@@ -449,9 +449,8 @@ def bench(networks, nfes, batches, paths, repeats, out, minutes, resume) -> None
 
     from amed_deploy import assets
     from amed_deploy.atomic import atomic_write_bytes
-    from amed_deploy.bench import PATHS, render_markdown, rows_to_json, run_bench
+    from amed_deploy.bench import PATHS, random_cifar10, render_markdown, rows_to_json, run_bench
     from amed_deploy.checkpoint import build_model, load_checkpoint
-    from amed_deploy.networks import CIFAR10_KWARGS, build_network, randomize_
 
     if not torch.cuda.is_available():
         raise AmedError("bench measures GPU paths and needs a CUDA GPU")
@@ -464,13 +463,7 @@ def bench(networks, nfes, batches, paths, repeats, out, minutes, resume) -> None
             ckpt = load_checkpoint(assets.MODEL)
             models.append((name, build_model(ckpt), ckpt.network_kwargs))
         elif name == "cifar10":
-            models.append(
-                (
-                    name,
-                    randomize_(build_network("EDMPrecond", dict(CIFAR10_KWARGS)), 0, 0.5).eval(),
-                    dict(CIFAR10_KWARGS),
-                )
-            )
+            models.append((name, *random_cifar10()))
         else:
             raise AmedError(f"unknown bench network {name!r}: bundled or cifar10")
 

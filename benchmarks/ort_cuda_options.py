@@ -16,9 +16,7 @@ from pathlib import Path
 
 import torch
 
-from amed_deploy.bench import cuda_time_ms, open_path, prepare_model
-from amed_deploy.config import SamplerConfig
-from amed_deploy.networks import CIFAR10_KWARGS, build_network, randomize_
+from amed_deploy.bench import bench_sampler, cuda_time_ms, open_path, prepare_model, random_cifar10
 from amed_deploy.runtime.onnx_executor import OnnxExecutor
 
 VARIANTS = {
@@ -36,10 +34,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
-    net = randomize_(build_network("EDMPrecond", dict(CIFAR10_KWARGS)), 0, 0.5).eval()
-    sampler = SamplerConfig.create("amed", 5, "time_uniform", 0.002, 80.0, afs=True)
     folder = Path(tempfile.mkdtemp(prefix="amed-ort-options-"))
-    model = prepare_model("cifar10", net, dict(CIFAR10_KWARGS), sampler, folder)
+    model = prepare_model("cifar10", *random_cifar10(), bench_sampler(5), folder)
     results = {"gpu": torch.cuda.get_device_name(), "rows": []}
     for precision in ("fp16", "fp32"):
         open_path(model, f"ort-{precision}", 1, folder)  # exports the graph once

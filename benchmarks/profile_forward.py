@@ -12,9 +12,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from amed_deploy.bench import open_path, prepare_model
-from amed_deploy.config import SamplerConfig
-from amed_deploy.networks import CIFAR10_KWARGS, build_network, randomize_
+from amed_deploy.bench import bench_sampler, open_path, prepare_model, random_cifar10
 
 
 def main() -> None:
@@ -24,10 +22,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
-    net = randomize_(build_network("EDMPrecond", dict(CIFAR10_KWARGS)), 0, 0.5).eval()
-    sampler = SamplerConfig.create("amed", 5, "time_uniform", 0.002, 80.0, afs=True)
     folder = Path(tempfile.mkdtemp(prefix="amed-profile-"))
-    model = prepare_model("cifar10", net, dict(CIFAR10_KWARGS), sampler, folder)
+    model = prepare_model("cifar10", *random_cifar10(), bench_sampler(5), folder)
     run = open_path(model, args.path, args.batch, folder).executor.run
     for _ in range(3):
         run()
