@@ -137,3 +137,20 @@ def test_samplers_load_and_sample_in_threads(tmp_path, tiny_ckpt, distilled, bac
         t.join()
     assert not failures
     assert all(torch.equal(got[i], want[i]) for i in range(8))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_attention_runs_in_a_fused_kernel(dtype):
+    """Half-precision attention must reach SDPA's flash or memory-efficient kernel: with the math
+    fallback disallowed it still runs (3-D or d-strided inputs silently fell back to the math path,
+    which computes in fp32), and it matches the explicit fp32-softmax formula. CIFAR-10's shape:
+    one head of 256 channels over 16x16 pixels."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from amed_deploy.networks.layers import attention
+
+    qkv = torch.randn(4, 3 * 256, 16, 16, device="cuda")
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]):
+        got = attention(qkv.to(dtype), 1).float()
+    want = attention(qkv, 1)  # fp32 on CUDA: the explicit formula
+    assert _rel(got, want) < {torch.float16: 1e-2, torch.bfloat16: 5e-2}[dtype]

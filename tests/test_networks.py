@@ -139,6 +139,47 @@ def test_resample_filter_11_is_avgpool_and_nearest() -> None:
     assert "resample_filter" not in Conv2d(5, 5, kernel=3).state_dict()
 
 
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(kernel=0, up=True),
+        dict(kernel=0, down=True),
+        dict(kernel=3, up=True),
+        dict(kernel=1, down=True),
+        dict(kernel=3, up=True, fused_resample=True),
+        dict(kernel=3, down=True, fused_resample=True),
+        dict(kernel=0, down=True, resample_filter=[1, 3, 3, 1]),
+    ],
+)
+def test_fast_resampling_matches_the_filter_convolution(monkeypatch, kwargs) -> None:
+    """Half-precision CUDA tensors resample a box filter by pooling / nearest-neighbour copies instead
+    of depthwise convolutions; forced here on the CPU in fp64, it must give the convolutions' result."""
+    from amed_deploy.networks import layers
+
+    torch.manual_seed(0)
+    conv = Conv2d(4, 6 if kwargs["kernel"] else 4, **kwargs).double()
+    x = torch.randn(2, 4, 8, 8, dtype=torch.float64)
+    want = conv(x)
+    fast = []
+
+    def spy(fn):
+        def wrapped(*args, **kw):
+            fast.append(fn.__name__)
+            return fn(*args, **kw)
+
+        return wrapped
+
+    for name in ("avg_pool2d", "interpolate"):
+        monkeypatch.setattr(F, name, spy(getattr(F, name)))
+    monkeypatch.setattr(layers, "_fused_kernels", lambda t: True)
+    got = conv(x)
+    if conv.box_filter:
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        assert len(fast) == 1
+    else:  # [1, 3, 3, 1] keeps its convolution
+        assert torch.equal(got, want) and not fast
+
+
 def test_resample_filter_1331_shapes_and_dc_gain() -> None:
     f = torch.tensor([1.0, 3, 3, 1])
     down = Conv2d(4, 4, kernel=0, down=True, resample_filter=[1, 3, 3, 1])
