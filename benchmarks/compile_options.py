@@ -4,7 +4,8 @@ and where the batch-1 loop overhead goes (docs/BENCHMARKS.md, "H200").
     python benchmarks/compile_options.py --batches 1,256 --out compile_options.json
 
 Variants: Inductor's default mode (what `compile=True` does), the same with cudnn.benchmark on,
-with Inductor's freezing (weights folded in as constants), and mode="max-autotune-no-cudagraphs"
+with Inductor's freezing (weights folded in as constants), with its coordinate-descent tuning of
+Triton kernel launch parameters, and mode="max-autotune-no-cudagraphs"
 (Triton templates for convolutions and matmuls; it did not finish compiling batch 256 in 9 minutes
 on the H200). For each: the network alone (a replayed CUDA graph of one forward, NFE back to back
 divided by NFE), the whole-loop graph replay alone, and `Sampler.sample` end to end, which splits
@@ -22,12 +23,13 @@ import torch
 
 from amed_deploy.bench import bench_sampler, cuda_time_ms, graphed, open_path, prepare_model, random_cifar10
 
-VARIANTS = ("default", "cudnn_benchmark", "freezing", "max_autotune")
+VARIANTS = ("default", "cudnn_benchmark", "freezing", "coordinate_descent", "max_autotune")
 
 
 def measure(model, batch: int, variant: str, folder: Path, repeats: int) -> dict:
     torch.backends.cudnn.benchmark = variant == "cudnn_benchmark"
     torch._inductor.config.freezing = variant == "freezing"
+    torch._inductor.config.coordinate_descent_tuning = variant == "coordinate_descent"
     smp = open_path(model, "torch-fp16-graph", batch, folder)  # compiled below, before first capture
     mode = "max-autotune-no-cudagraphs" if variant == "max_autotune" else None
     smp.executor.module = torch.compile(smp.executor.module, dynamic=False, mode=mode)
