@@ -10,10 +10,9 @@ import time
 from pathlib import Path
 
 import torch
-from gpu_parity_latency import CIFAR10  # noqa: E402  (same folder)
 
+from amed_deploy.bench import random_cifar10
 from amed_deploy.distill import DistillConfig, distill
-from amed_deploy.networks import build_network, randomize_
 
 
 def main() -> None:
@@ -22,7 +21,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--out", default="distill_speed.md")
     args = ap.parse_args()
-    net = randomize_(build_network("EDMPrecond", dict(CIFAR10)), seed=0, scale=0.5).cuda().eval()
+    net = random_cifar10()[0].cuda()
     warm = DistillConfig(teacher="heun", teacher_m=1, batch=args.batch, kimg=args.batch / 1000)
     distill(net, warm, "cuda", progress=False)  # cuDNN autotuning, allocator warm-up
     cfg = DistillConfig(teacher="heun", teacher_m=1, batch=args.batch, kimg=args.kimg)

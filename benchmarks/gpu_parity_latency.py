@@ -19,15 +19,12 @@ from pathlib import Path
 import torch
 
 from amed_deploy.amed_network import AMEDNetwork
+from amed_deploy.bench import bench_sampler, random_cifar10
 from amed_deploy.checkpoint import Checkpoint, file_sha256, save_checkpoint
-from amed_deploy.config import SamplerConfig
-from amed_deploy.networks import CIFAR10_KWARGS, build_network, randomize_
 from amed_deploy.predictor import AMEDPredictor
 from amed_deploy.predictor_file import PredictorBundle, save_predictor
 from amed_deploy.runtime import Sampler
 from exporters.onnx_export import export_onnx
-
-CIFAR10 = CIFAR10_KWARGS
 
 
 def timed(fn, repeats: int) -> float:
@@ -54,11 +51,11 @@ def main() -> None:
     torch.backends.cudnn.allow_tf32 = False
     work = Path(tempfile.mkdtemp())
     gpu = torch.cuda.get_device_name()
-    net = randomize_(build_network("EDMPrecond", dict(CIFAR10)), seed=0, scale=0.5)
+    net, kwargs = random_cifar10()
     ckpt = work / "edm.pt"
-    save_checkpoint(Checkpoint("EDMPrecond", dict(CIFAR10), net.state_dict(), {}), ckpt)
+    save_checkpoint(Checkpoint("EDMPrecond", kwargs, net.state_dict(), {}), ckpt)
     torch.manual_seed(0)
-    sampler = SamplerConfig.create("amed", 5, "time_uniform", 0.002, 80.0, True)
+    sampler = bench_sampler(5)
     network = AMEDNetwork(net, AMEDPredictor())
     pred = work / "amed5.pt"
     save_predictor(pred, PredictorBundle(network.predictor, sampler, network.tap, file_sha256(ckpt)))

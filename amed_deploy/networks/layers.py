@@ -115,14 +115,18 @@ class Conv2d(nn.Module):
             f = f * scale
         return f.expand(channels, 1, f.shape[-2], f.shape[-1])
 
+    def _pooled(self, x: torch.Tensor) -> bool:
+        """A box filter (always unpadded) resamples as nearest-neighbour copies / 2x2 averages."""
+        return self.box_filter and _fused_kernels(x)
+
     def _upsample(self, x: torch.Tensor, channels: int, pad: int) -> torch.Tensor:
-        if self.box_filter and pad == 0 and _fused_kernels(x):
+        if self._pooled(x):
             return F.interpolate(x, scale_factor=2, mode="nearest")
         f = self._depthwise(channels, 4, x.dtype)
         return F.conv_transpose2d(x, f, groups=channels, stride=2, padding=pad)
 
     def _downsample(self, x: torch.Tensor, channels: int, pad: int) -> torch.Tensor:
-        if self.box_filter and pad == 0 and _fused_kernels(x):
+        if self._pooled(x):
             return F.avg_pool2d(x, 2)
         return F.conv2d(x, self._depthwise(channels, 1, x.dtype), groups=channels, stride=2, padding=pad)
 
