@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 demo: venv
-	$(VENV)/bin/amed-deploy demo
+	$(VENV)/bin/amed-deploy demo --force
 
 test: venv
 	$(PY) -m pytest -q -m "not gpu" tests

@@ -114,6 +114,13 @@ def graph_spec(
         raise AmedError(f"need 1 <= min batch <= batch <= max batch, got {lo} <= {batch} <= {hi}")
     if network.predictor is not None and sampler is None:
         raise AmedError("an AMED graph needs its sampler configuration")
+    # live U-Net activations per sample, for the memory check before allocating (no forward pass): every
+    # block output in fp32, twice (skips kept for the decoder, plus the working tensors)
+    try:
+        elements = sum(c * h * w for c, h, w in feature_shapes(net).values())
+        activations = {"activation_bytes_per_sample": elements * 4 * 2}
+    except AmedError:  # a network without taps: the memory check counts buffers only
+        activations = {}
     return GraphSpec(
         kind="amed" if network.predictor is not None else "denoiser",
         precision=precision,
@@ -127,7 +134,11 @@ def graph_spec(
         tap=network.tap,
         checkpoint_sha256=checkpoint_sha256,
         predictor_sha256=predictor_sha256,
-        network={"class": type(net).__name__, "model_type": getattr(net, "model_type", None)},
+        network={
+            "class": type(net).__name__,
+            "model_type": getattr(net, "model_type", None),
+            **activations,
+        },
         producer={"amed_deploy": __version__, "torch": str(torch.__version__)},
     )
 

@@ -75,7 +75,7 @@ def sigterm_raises_exit() -> Iterator[None]:
 def _temp_beside(path: Path, overwrite: bool) -> Iterator[str]:
     """A temp file name in path's folder; on success it is fsynced and moved onto path, on any
     exception removed (path untouched). OSErrors about the temp file are re-raised naming path."""
-    _check_target(path, overwrite)
+    check_target(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _create_temp(path)
     try:
@@ -96,7 +96,7 @@ def _temp_beside(path: Path, overwrite: bool) -> Iterator[str]:
     _fsync_dir(path.parent)
 
 
-def _check_target(path: Path, overwrite: bool) -> None:
+def check_target(path: Path, overwrite: bool) -> None:
     """Refuse early, before any work is done, to write where the final move would be wrong or fail."""
     try:
         st = os.stat(path)

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from .amed_network import AMEDNetwork, TorchModel
-from .checkpoint import Checkpoint, file_sha256, save_checkpoint
+from .checkpoint import Checkpoint, file_sha256, model_sha256, save_checkpoint
 from .config import SamplerConfig
 from .errors import AmedError
 from .networks import CIFAR10_KWARGS, build_network, randomize_
@@ -158,11 +158,17 @@ def bench_sampler(nfe: int) -> SamplerConfig:
 def prepare_model(name: str, net: torch.nn.Module, kwargs: dict, sampler: SamplerConfig, folder: Path) -> BenchModel:
     """Write the network and an (untrained: speed does not depend on it) predictor to disk."""
     ckpt = folder / f"{name}.pt"
-    save_checkpoint(Checkpoint("EDMPrecond", kwargs, net.state_dict(), {}), ckpt)
+    checkpoint = Checkpoint("EDMPrecond", kwargs, net.state_dict(), {})
+    save_checkpoint(checkpoint, ckpt)
     torch.manual_seed(0)
     network = AMEDNetwork(net, AMEDPredictor()).eval()
     pred = folder / f"{name}-amed{sampler.nfe}.pt"
-    save_predictor(pred, PredictorBundle(network.predictor, sampler, network.tap, file_sha256(ckpt)))
+    save_predictor(
+        pred,
+        PredictorBundle(
+            network.predictor, sampler, network.tap, file_sha256(ckpt), model_sha256=model_sha256(checkpoint)
+        ),
+    )
     model = BenchModel(name, ckpt, pred, network.cuda())
     model.flops_per_image = flops_per_image(model.network)
     return model

@@ -41,7 +41,9 @@ __all__ = [
     "describe_checkpoint",
     "file_sha256",
     "load_checkpoint",
+    "model_sha256",
     "parse_dtype",
+    "pickled_global",
     "save_checkpoint",
     "torch_error_reason",
 ]
@@ -108,19 +110,34 @@ def _short(x: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+# Real kwargs and metadata nest a few levels; a bound far above that keeps a hostile file from
+# exhausting the interpreter stack here or in json.dumps (which recurses too).
+MAX_JSON_DEPTH = 64
+
+
 def plain_json(obj: Any, where: str) -> Any:
-    """A JSON-able copy of `obj` (tuples become lists); non-string keys and other types are errors."""
+    """A JSON-able copy of `obj` (tuples become lists); non-string keys, other types and nesting
+    deeper than MAX_JSON_DEPTH are errors."""
+    try:
+        return _plain_json(obj, where, where, 0)
+    except RecursionError:  # only reachable if the caller was already deep in the stack
+        raise AmedError(f"{where} is nested too deeply") from None
+
+
+def _plain_json(obj: Any, where: str, top: str, depth: int) -> Any:
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return obj
+    if depth >= MAX_JSON_DEPTH:
+        raise AmedError(f"{top} is nested too deeply (more than {MAX_JSON_DEPTH} levels of lists/dicts)")
     if isinstance(obj, dict):  # also EasyDict / OrderedDict from unpickled kwargs
         out = {}
         for k, v in obj.items():
             if not isinstance(k, str):
                 raise AmedError(f"{where} has a non-string key {_short(k)} ({type(k).__name__}); keys must be strings")
-            out[k] = plain_json(v, f"{where}.{k}")
+            out[k] = _plain_json(v, f"{where}.{k}", top, depth + 1)
         return out
     if isinstance(obj, (list, tuple)):
-        return [plain_json(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        return [_plain_json(v, f"{where}[{i}]", top, depth + 1) for i, v in enumerate(obj)]
     raise AmedError(f"{where} is a {type(obj).__name__}; only JSON-able values (numbers, strings, lists, dicts)")
 
 
@@ -207,10 +224,13 @@ def _with_default_metadata(ckpt: Checkpoint) -> Checkpoint:
 # ---------------------------------------------------------------- save
 
 
-def save_checkpoint(ckpt: Checkpoint, path: str | os.PathLike, *, dtype: str | torch.dtype | None = None) -> None:
+def save_checkpoint(
+    ckpt: Checkpoint, path: str | os.PathLike, *, dtype: str | torch.dtype | None = None, overwrite: bool = True
+) -> None:
     """Write `ckpt` atomically: ``.safetensors`` when the name says so, otherwise a ``torch.save`` file.
 
     `dtype` (e.g. 'fp16') casts floating tensors for storage; loading casts back to fp32 by default.
+    `overwrite=False` refuses an existing `path` (the CLI without --force) instead of replacing it.
     """
     path = Path(path)
     what = str(path)
@@ -219,15 +239,15 @@ def save_checkpoint(ckpt: Checkpoint, path: str | os.PathLike, *, dtype: str | t
     header = _header(ckpt, what)
     tensors = _prepare_tensors(_check_state_dict(ckpt.state_dict, what), store_dtype)
     digest = _content_digest(header, tensors)
-    if path.suffix == ".safetensors":
+    if path.suffix.lower() == ".safetensors":
         from safetensors.torch import save_file
 
         stored = {**header, "order": list(tensors), "content_sha256": digest}
         meta = {_SAFETENSORS_KEY: json.dumps(stored, separators=(",", ":"), allow_nan=True)}
-        atomic_write_with(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+        atomic_write_with(path, lambda tmp: save_file(tensors, tmp, metadata=meta), overwrite=overwrite)
     else:
         payload = {**header, "state_dict": tensors, "content_sha256": digest}
-        with atomic_open(path) as f:
+        with atomic_open(path, overwrite=overwrite) as f:
             torch.save(payload, f)
 
 
@@ -265,10 +285,24 @@ def torch_error_reason(e: BaseException, limit: int = 200) -> str:
     return reason if len(reason) <= limit else reason[: limit - 3] + "..."
 
 
+def pickled_global(e: BaseException) -> str | None:
+    """The class/function named in torch.load(weights_only=True)'s 'Unsupported global' refusal, if any."""
+    match = re.search(r"Unsupported global: GLOBAL ([A-Za-z_][\w.]*)", str(e))
+    return match.group(1) if match else None
+
+
 def _load_pt(path: Path, what: str) -> dict[str, Any]:
     try:
         obj = torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as e:
+        name = pickled_global(e)
+        if name is not None:
+            raise AmedError(
+                f"{what} holds a pickled Python object ({name}), e.g. a whole model saved with torch.save(model): "
+                "it cannot be loaded without running its code. Save a state dict instead: "
+                "save_checkpoint(Checkpoint(network_class, network_kwargs, model.state_dict(), {}), 'edm.pt'); "
+                "convert EDM snapshots with `amed-deploy convert`"
+            ) from None
         raise AmedError(
             f"cannot load {what}: it holds more than plain weights or is corrupt "
             f"(torch.load(weights_only=True) refused it: {torch_error_reason(e)}). A whole pickled model "
@@ -308,6 +342,8 @@ def _load_safetensors(path: Path, what: str) -> dict[str, Any]:
         )
     try:
         header = json.loads(raw_meta[_SAFETENSORS_KEY])
+    except RecursionError:
+        raise AmedError(f"cannot load {what}: its amed-deploy metadata is nested too deeply") from None
     except ValueError as e:
         raise AmedError(f"cannot load {what}: corrupt amed-deploy metadata ({e})") from None
     if not isinstance(header, dict):
@@ -388,41 +424,102 @@ def load_checkpoint(path: str | os.PathLike, *, dtype: str | torch.dtype | None 
 # ---------------------------------------------------------------- model
 
 
+def model_sha256(ckpt: Checkpoint) -> str:
+    """sha256 of the model itself, not of its file: the short class name, the kwargs (as plain JSON)
+    and every tensor in key order, floating tensors as float32. fp16/bf16 -> fp32 is exact, so the
+    same weights stored as .pt or .safetensors, in fp32 or fp16, hash the same; metadata is excluded.
+    Predictor files are bound to this, so converting a checkpoint does not orphan its predictors."""
+    if not isinstance(ckpt.network_class, str):
+        raise AmedError(f"network_class {_short(ckpt.network_class)} is not a class name")
+    short = ckpt.network_class.rsplit(".", 1)[-1]
+    tensors = _check_state_dict(ckpt.state_dict, "model")
+    h = hashlib.sha256()
+    h.update(_canonical_json([short, plain_json(ckpt.network_kwargs, "network_kwargs")]).encode())
+    for key in sorted(tensors):
+        t = tensors[key]
+        kind = "float" if t.is_floating_point() else str(t.dtype).removeprefix("torch.")
+        h.update(b"\n" + _canonical_json([key, kind, list(t.shape)]).encode() + b"\n")
+        h.update(_tensor_bytes(t.to(torch.float32) if t.is_floating_point() else t))
+    return h.hexdigest()
+
+
+def _few(items: list[str]) -> str:
+    return ", ".join(items[:4]) + (f", ... ({len(items) - 4} more)" if len(items) > 4 else "")
+
+
+def _check_shapes(ckpt: Checkpoint, expected: dict[str, torch.Size]) -> None:
+    sd = ckpt.state_dict
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    shapes = [f"{k} {list(sd[k].shape)} vs {list(v)}" for k, v in expected.items() if k in sd and sd[k].shape != v]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys ({_few(missing)})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys ({_few(unexpected)})")
+        if shapes:
+            parts.append(f"{len(shapes)} shape mismatches (checkpoint vs network: {_few(shapes)})")
+        raise AmedError(f"the weights do not match {ckpt.network_class}: " + "; ".join(parts))
+
+
+def _check_finite(ckpt: Checkpoint) -> None:
+    """NaN/inf weights build and run, silently producing NaN images; refuse them up front."""
+    bad = []
+    for key, t in ckpt.state_dict.items():
+        if t.is_floating_point() or t.is_complex():
+            count = int(t.numel() - torch.isfinite(t).sum())
+            if count:
+                bad.append((key, count))
+    if bad:
+        key, count = bad[0]
+        more = f" (and {len(bad) - 1} more tensors)" if len(bad) > 1 else ""
+        raise AmedError(
+            f"the checkpoint has {count} non-finite values (NaN/inf) in {key!r}{more}; "
+            "the checkpoint is damaged or training diverged"
+        )
+
+
 def build_model(ckpt: Checkpoint) -> torch.nn.Module:
-    """Construct the network and load the weights strictly; returns it in eval mode without grads."""
+    """Construct the network and load the weights strictly; returns it in eval mode without grads.
+
+    The network is first built on the meta device (no memory) and its state-dict names and shapes
+    compared with the checkpoint's, so absurd kwargs (model_channels=100000) are refused before
+    anything is allocated; non-finite weights are refused too."""
     try:
         from amed_deploy.networks import build_network
     except ImportError as e:
         raise AmedError(f"network implementations are not available ({e})") from None
-    try:
-        model = build_network(ckpt.network_class, dict(ckpt.network_kwargs))
-    except AmedError:
-        raise
-    except (TypeError, ValueError, KeyError) as e:
-        raise AmedError(f"cannot build {ckpt.network_class} from the checkpoint's kwargs: {_first_line(e)}") from None
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in ckpt.state_dict]
-    unexpected = [k for k in ckpt.state_dict if k not in expected]
-    shapes = [
-        f"{k} {list(ckpt.state_dict[k].shape)} vs {list(v.shape)}"
-        for k, v in expected.items()
-        if k in ckpt.state_dict and ckpt.state_dict[k].shape != v.shape
-    ]
-    if missing or unexpected or shapes:
+    if not isinstance(ckpt.network_kwargs, dict):
+        raise AmedError(f"network_kwargs is a {type(ckpt.network_kwargs).__name__}, not a dict")
+    sd = _check_state_dict(ckpt.state_dict, "the checkpoint")
+    kwargs = dict(ckpt.network_kwargs)
+    short = ckpt.network_class.rsplit(".", 1)[-1] if isinstance(ckpt.network_class, str) else ""
+    m = kwargs.get("M", 1000)
+    if short == "iDDPMPrecond" and "u" in sd and isinstance(m, int) and not isinstance(m, bool) and m >= 1:
+        # iDDPM's constructor runs an M-step loop on the CPU even on meta: check its one buffer first
+        if list(sd["u"].shape) != [m + 1]:
+            raise AmedError(
+                f"the weights do not match {ckpt.network_class}: 1 shape mismatches "
+                f"(checkpoint vs network: u {list(sd['u'].shape)} vs {[m + 1]})"
+            )
 
-        def few(items: list[str]) -> str:
-            return ", ".join(items[:4]) + (f", ... ({len(items) - 4} more)" if len(items) > 4 else "")
+    def construct(meta: bool) -> torch.nn.Module:
+        try:
+            return build_network(ckpt.network_class, dict(kwargs), meta=meta)
+        except AmedError:
+            raise
+        except (TypeError, ValueError, KeyError) as e:  # build_network maps these; kept as a backstop
+            reason = _first_line(e)
+            raise AmedError(f"cannot build {ckpt.network_class} from the checkpoint's kwargs: {reason}") from None
 
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys ({few(missing)})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys ({few(unexpected)})")
-        if shapes:
-            parts.append(f"{len(shapes)} shape mismatches (checkpoint vs network: {few(shapes)})")
-        raise AmedError(f"the weights do not match {ckpt.network_class}: " + "; ".join(parts))
+    skeleton = construct(meta=True)
+    _check_shapes(ckpt, {k: v.shape for k, v in skeleton.state_dict().items()})
+    del skeleton
+    _check_finite(ckpt)
+    model = construct(meta=False)
     try:
-        model.load_state_dict(ckpt.state_dict, strict=True)
+        model.load_state_dict(sd, strict=True)
     except RuntimeError as e:
         raise AmedError(f"cannot load the weights into {ckpt.network_class}: {_first_line(e)}") from None
     return model.eval().requires_grad_(False)

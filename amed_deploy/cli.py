@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from amed_deploy import __version__
 from amed_deploy.errors import AmedError
+from amed_deploy.outputs import CHECKPOINT_SUFFIXES, IMAGE_FORMATS, check_suffix, plan_outputs
 
 # Errors that are the user's input or environment, not bugs: one line, exit 2, no traceback.
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (AmedError, OSError)
@@ -24,7 +26,34 @@ EXIT_INTERNAL_ERROR = 1
 
 class _Group(click.Group):
     """A click group that turns errors into one `error:` line unless --debug is given: bad input
-    (AmedError, OSError) exits 2, anything else (a bug) exits 1."""
+    (AmedError, OSError, a bad option value) exits 2, anything else (a bug) exits 1. SIGTERM, like
+    Ctrl-C, unwinds the command so no temp file is left behind."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:
+        from amed_deploy.atomic import sigterm_raises_exit
+
+        with sigterm_raises_exit():
+            try:
+                rv = super().main(args, prog_name, standalone_mode=False, **extra)
+            except click.UsageError as e:  # also BadParameter: one line, not usage + hint + message
+                if not standalone_mode:
+                    raise
+                where = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+                click.echo(f"error: {' '.join(e.format_message().split())}{where}", err=True)
+                sys.exit(EXIT_USER_ERROR)
+            except click.ClickException as e:
+                if not standalone_mode:
+                    raise
+                e.show()
+                sys.exit(e.exit_code)
+            except click.exceptions.Abort:
+                if not standalone_mode:
+                    raise
+                click.echo("Aborted!", err=True)
+                sys.exit(130)
+        if standalone_mode:
+            sys.exit(rv if isinstance(rv, int) else 0)
+        return rv
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -37,6 +66,9 @@ class _Group(click.Group):
             ctx.exit(EXIT_USER_ERROR)
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
             raise
+        except RecursionError:
+            click.echo("error: an input is nested too deeply to read (malformed or hostile file)", err=True)
+            ctx.exit(EXIT_USER_ERROR)
         except Exception as e:  # a bug, not bad input: still one line, the traceback behind --debug
             if ctx.params.get("debug"):
                 raise
@@ -71,8 +103,127 @@ def _fmt_float(x: float | None) -> str:
     return f"{x:g}"
 
 
+# ------------------------------------------------------------------------------------- option helpers
+
+
+class _Number(click.ParamType):
+    """A finite float with an optional lower bound: click's FloatRange lets NaN through."""
+
+    name = "number"
+
+    def __init__(self, min: float | None = None, min_open: bool = False) -> None:
+        self.min, self.min_open = min, min_open
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            x = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(x):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        if self.min is not None and (x < self.min or (self.min_open and x == self.min)):
+            self.fail(f"{value} must be {'>' if self.min_open else '>='} {self.min:g}", param, ctx)
+        return x
+
+
+POSITIVE = _Number(0.0, min_open=True)
+NON_NEGATIVE = _Number(0.0)
+BATCH = click.IntRange(min=1)
+SEED = click.IntRange(0, 2**64 - 1)
+
+
+def _nfe_type() -> click.IntRange:
+    from amed_deploy.config import MAX_NFE
+
+    return click.IntRange(1, MAX_NFE)
+
+
+def _bundled(ctx: click.Context, param: click.Parameter, value: Any) -> Path | None:
+    """A file path, or the short name of a bundled file (`amed-deploy models` lists them)."""
+    from amed_deploy import assets
+
+    return None if value is None else assets.resolve(value)
+
+
+def _given(ctx: click.Context, name: str) -> bool:
+    """Whether the user passed the option (not its default)."""
+    return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
+
+
+def _device_option(f):
+    return click.option(
+        "--device",
+        default="auto",
+        show_default=True,
+        callback=lambda ctx, param, value: _resolve_device(value),
+        help="auto (cuda if available), cpu, cuda or cuda:N.",
+    )(f)
+
+
+def _force_option(f):
+    return click.option("--force", is_flag=True, help="Replace output files that already exist (never an input).")(f)
+
+
+def _mismatch_option(f):
+    return click.option(
+        "--ignore-checkpoint-mismatch",
+        "mismatch",
+        is_flag=True,
+        help="Use a predictor distilled for another model anyway.",
+    )(f)
+
+
+def _data_option(help: str):
+    """--data: the Fashion-MNIST IDX folder (Debian's dataset-fashion-mnist location by default)."""
+    return click.option(
+        "--data",
+        default="/usr/share/datasets/fashion-mnist",
+        show_default=True,
+        type=click.Path(file_okay=False, path_type=Path),
+        help=help,
+    )
+
+
+def _resolve_device(device: str):
+    from amed_deploy.devices import resolve_device
+
+    return resolve_device(device)
+
+
+def _image_out(out: Path, npz: Path | None) -> None:
+    check_suffix(out, tuple(IMAGE_FORMATS), "--out")
+    if npz is not None:
+        check_suffix(npz, (".npz",), "--npz")
+
+
+def _write_images(images, labels, out: Path, npz: Path | None, force: bool) -> None:
+    from amed_deploy.images import grid, save_image, save_npz, to_uint8
+
+    save_image(grid(images, scale=2), out, overwrite=force)
+    click.echo(f"wrote {out}")
+    if npz is not None:
+        arrays = {"images": to_uint8(images), "raw": images.detach().float().cpu().numpy()}
+        if labels is not None:
+            arrays["labels"] = labels.argmax(dim=1).numpy()
+        save_npz(npz, overwrite=force, **arrays)
+        click.echo(f"wrote {npz}")
+
+
+def _parse_classes(value: str | None) -> int | list[int] | None:
+    if value is None:
+        return None
+    try:
+        parts = [int(v) for v in value.split(",")]
+    except ValueError:
+        raise AmedError(f"--class takes an integer or a comma-separated list, got {value!r}") from None
+    return parts[0] if len(parts) == 1 else parts
+
+
+# ------------------------------------------------------------------------------------------- commands
+
+
 @main.command()
-@click.argument("snapshot", type=click.Path(path_type=Path))
+@click.argument("snapshot", type=click.Path(path_type=Path), callback=_bundled)
 @click.option(
     "--out",
     "-o",
@@ -89,21 +240,18 @@ def _fmt_float(x: float | None) -> str:
     help="Storage precision of floating tensors: keep them as they are, or cast (fp16 halves the size; "
     "loading casts back to fp32).",
 )
-@click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
+@_force_option
 def convert(snapshot: Path, out: Path, dtype: str, force: bool) -> None:
     """Convert an EDM snapshot (network-snapshot-*.pkl, edm-*.pkl) into an amed-deploy checkpoint.
 
     The pickle is read with an allow-list: nothing embedded in it is executed. Also converts between
-    .pt and .safetensors checkpoints.
-    """
+    .pt and .safetensors checkpoints (the format follows OUT's extension)."""
     from amed_deploy.checkpoint import file_sha256, load_checkpoint, save_checkpoint
 
-    if out.is_dir():
-        raise AmedError(f"{out} is a directory; give a file name such as {out / 'edm.pt'}")
-    if out.exists() and not force:
-        raise AmedError(f"{out} already exists; pass --force to overwrite it")
+    check_suffix(out, CHECKPOINT_SUFFIXES, "--out")
+    plan_outputs({"--out": out}, [snapshot], force)
     ckpt = load_checkpoint(snapshot, dtype=None)
-    save_checkpoint(ckpt, out, dtype=None if dtype == "keep" else dtype)
+    save_checkpoint(ckpt, out, dtype=None if dtype == "keep" else dtype, overwrite=force)
     stored = load_checkpoint(out, dtype=None)
     dtypes = ", ".join(sorted({str(t.dtype).removeprefix("torch.") for t in stored.state_dict.values()}))
     model_type = ckpt.network_kwargs.get("model_type") or (ckpt.metadata.get("edm") or {}).get("model_class")
@@ -115,15 +263,87 @@ def convert(snapshot: Path, out: Path, dtype: str, force: bool) -> None:
 
 
 @main.command()
-@click.argument("checkpoint", type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def info(checkpoint: Path, as_json: bool) -> None:
-    """Describe a checkpoint (.pt, .safetensors, or an EDM snapshot .pkl)."""
+def models() -> None:
+    """List the bundled model and predictors with the short names every command accepts."""
+    from amed_deploy import assets
+    from amed_deploy.predictor_file import load_predictor
+
+    click.echo("bundled files (use the name wherever a checkpoint or predictor path is asked for):")
+    for name, path in assets.names().items():
+        if not path.exists():
+            what = "missing from this installation"
+        elif path == assets.MODEL:
+            what = "class-conditional EDM model, Fashion-MNIST 32x32 (10 classes)"
+        else:
+            cfg = load_predictor(path).sampler
+            what = f"predictor: {cfg.solver} NFE {cfg.nfe} ({cfg.num_points} points, {cfg.schedule})"
+        click.echo(f"  {name:<15} {what}")
+        click.echo(f"  {'':<15} {path}")
+
+
+def _graph_lines(spec, extra: list[str]) -> list[str]:
+    cfg = spec.sampler
+    lines = [f"kind:         {spec.kind}" + (" (network + tap + g_phi)" if spec.kind == "amed" else " (network only)")]
+    if cfg is not None:
+        lines.append(
+            f"sampler:      {cfg.solver}, NFE {cfg.nfe}, {cfg.num_points} time points ({cfg.schedule}"
+            + (f", rho {cfg.rho:g}" if cfg.rho is not None else "")
+            + f"), AFS {'on' if cfg.afs else 'off'}, sigma {_fmt_float(cfg.sigma_min)}..{_fmt_float(cfg.sigma_max)}"
+        )
+    batch = f"{spec.batch_min}" if spec.batch_min == spec.batch_max else f"{spec.batch_min}..{spec.batch_max}"
+    lines += [
+        f"batch:        {batch} (optimum {spec.batch_opt})",
+        f"precision:    {spec.precision}",
+        f"target:       {spec.target}",
+        f"image shape:  {'x'.join(map(str, spec.image_shape))} (C x H x W), label_dim {spec.label_dim}",
+        f"tap:          {spec.tap or '-'}",
+        f"model sha256: {spec.checkpoint_sha256 or 'unknown'}",
+        f"predictor:    {spec.predictor_sha256 or '-'}",
+        *extra,
+        "producer:     " + ", ".join(f"{k} {v}" for k, v in spec.producer.items()),
+    ]
+    return lines
+
+
+def _describe_graph(path: Path, as_json: bool) -> None:
     import json
 
-    from amed_deploy.checkpoint import describe_checkpoint, load_checkpoint
+    from amed_deploy.runtime.manifest import manifest_path_for, read_manifest
 
-    d = describe_checkpoint(load_checkpoint(checkpoint, dtype=None))
+    extra: list[str] = []
+    if path.suffix.lower() == ".plan":
+        m = read_manifest(manifest_path_for(path))
+        spec, record = m.spec, m.to_dict()
+        extra = [
+            f"TensorRT:     {m.tensorrt_version}, built on {m.gpu_name} (cc {m.compute_capability}) at {m.built_at}",
+            f"plan sha256:  {m.plan_sha256} ({m.plan_bytes:,} bytes)",
+        ]
+    else:
+        from exporters.trt_build import onnx_graph_spec
+
+        spec = onnx_graph_spec(path)
+        record = spec.to_dict()
+    if as_json:
+        click.echo(json.dumps(record, indent=2, sort_keys=True))
+        return
+    click.echo("\n".join([f"file:         {path}", *_graph_lines(spec, extra)]))
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path), callback=_bundled)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def info(path: Path, as_json: bool) -> None:
+    """Describe a checkpoint (.pt, .safetensors, EDM snapshot .pkl), an exported .onnx graph, or a
+    TensorRT .plan (through its manifest): what it computes and for which sampler, batch and precision."""
+    import json
+
+    from amed_deploy.checkpoint import describe_checkpoint, load_checkpoint, model_sha256
+
+    if path.suffix.lower() in (".onnx", ".plan"):
+        _describe_graph(path, as_json)
+        return
+    ckpt = load_checkpoint(path, dtype=None)
+    d = {**describe_checkpoint(ckpt), "model_sha256": model_sha256(ckpt)}
     if as_json:
         click.echo(json.dumps(d, indent=2, sort_keys=True))
         return
@@ -131,7 +351,7 @@ def info(checkpoint: Path, as_json: bool) -> None:
     params = f"{d['parameters']:,}" + ("" if d["parameters_exclude_buffers"] else " (including buffers)")
     shape = "x".join(map(str, d["image_shape"])) if d["image_shape"] else "unknown"
     lines = [
-        f"file:         {checkpoint}",
+        f"file:         {path}",
         f"network:      {d['network_class']}" + (f" ({arch})" if arch else ""),
         f"parameters:   {params} in {d['tensors']} tensors ({', '.join(d['dtypes'])})",
         f"image shape:  {shape} (C x H x W)",
@@ -139,6 +359,7 @@ def info(checkpoint: Path, as_json: bool) -> None:
         f"sigma range:  {_fmt_float(d['sigma_min'])} .. {_fmt_float(d['sigma_max'])}"
         + (f", sigma_data {_fmt_float(d['sigma_data'])}" if d["sigma_data"] is not None else ""),
     ]
+    lines.append(f"model sha256: {d['model_sha256']} (weights + architecture; predictors are bound to it)")
     if d["kwargs"]:
         lines.append("kwargs:")
         lines += [f"  {k}: {v}" for k, v in d["kwargs"].items()]
@@ -154,62 +375,11 @@ def info(checkpoint: Path, as_json: bool) -> None:
     click.echo("\n".join(lines))
 
 
-def _device_option(f):
-    return click.option(
-        "--device", default="auto", show_default=True, help="torch device: auto (cuda if available), cpu, cuda, cuda:1."
-    )(f)
-
-
-def _data_option(help: str):
-    """--data: the Fashion-MNIST IDX folder (Debian's dataset-fashion-mnist location by default)."""
-    return click.option(
-        "--data",
-        default="/usr/share/datasets/fashion-mnist",
-        show_default=True,
-        type=click.Path(file_okay=False, path_type=Path),
-        help=help,
-    )
-
-
-def _resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def _refuse_overwrite(path: Path, force: bool) -> None:
-    if path.exists() and not force:
-        raise AmedError(f"{path} already exists; pass --force to overwrite it")
-
-
-def _write_images(images, labels, out: Path, npz: Path | None) -> None:
-    from amed_deploy.images import grid, save_npz, save_png, to_uint8
-
-    save_png(grid(images, scale=2), out)
-    click.echo(f"wrote {out}")
-    if npz is not None:
-        arrays = {"images": to_uint8(images), "raw": images.detach().float().cpu().numpy()}
-        if labels is not None:
-            arrays["labels"] = labels.argmax(dim=1).numpy()
-        save_npz(npz, **arrays)
-        click.echo(f"wrote {npz}")
-
-
-def _parse_classes(value: str | None) -> int | list[int] | None:
-    if value is None:
-        return None
-    try:
-        parts = [int(v) for v in value.split(",")]
-    except ValueError:
-        raise AmedError(f"--class takes an integer or a comma-separated list, got {value!r}") from None
-    return parts[0] if len(parts) == 1 else parts
-
-
 @main.command()
-@click.option("--ckpt", required=True, type=click.Path(dir_okay=False, path_type=Path), help="EDM checkpoint.")
-@click.option("--nfe", default=5, show_default=True, help="Network evaluations per sample (fixes N and AFS parity).")
+@click.option(
+    "--ckpt", required=True, type=click.Path(dir_okay=False, path_type=Path), callback=_bundled, help="EDM checkpoint."
+)
+@click.option("--nfe", default=5, show_default=True, type=_nfe_type(), help="Network evaluations per sample.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Predictor file [default: amed<NFE>.pt].")
 @click.option(
     "--student",
@@ -221,37 +391,61 @@ def _parse_classes(value: str | None) -> int | list[int] | None:
 @click.option(
     "--schedule", default="time_uniform", show_default=True, type=click.Choice(["time_uniform", "polynomial", "logsnr"])
 )
-@click.option("--rho", type=float, default=None, help="Schedule exponent [default: 1 time_uniform, 7 polynomial].")
+@click.option("--rho", type=POSITIVE, default=None, help="Schedule exponent [default: 1 time_uniform, 7 polynomial].")
 @click.option("--afs/--no-afs", default=True, show_default=True, help="Analytical first step (saves one NFE).")
 @click.option("--teacher", default="ipndm", show_default=True, help="Teacher solver.")
-@click.option("--teacher-m", default=5, show_default=True, help="Extra teacher points inside every student interval.")
-@click.option("--scale-dir", default=0.01, show_default=True, help="Range of the step scale c: 1 +- scale_dir.")
-@click.option("--scale-time", default=0.0, show_default=True, help="Range of the time scale a: 1 +- scale_time.")
-@click.option("--batch", default=128, show_default=True, help="Trajectories per optimiser step.")
-@click.option("--kimg", default=10.0, show_default=True, help="Thousands of training trajectories.")
-@click.option("--lr", default=5e-3, show_default=True, help="Adam learning rate.")
-@click.option("--seed", default=0, show_default=True)
+@click.option(
+    "--teacher-m", default=5, show_default=True, type=click.IntRange(0, 100), help="Extra teacher points per interval."
+)
+@click.option("--scale-dir", default=0.01, show_default=True, type=NON_NEGATIVE, help="Range of c: 1 +- scale_dir.")
+@click.option("--scale-time", default=0.0, show_default=True, type=NON_NEGATIVE, help="Range of a: 1 +- scale_time.")
+@click.option("--batch", default=128, show_default=True, type=BATCH, help="Trajectories per optimiser step.")
+@click.option("--kimg", default=10.0, show_default=True, type=POSITIVE, help="Thousands of training trajectories.")
+@click.option("--lr", default=5e-3, show_default=True, type=POSITIVE, help="Adam learning rate.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**40))
 @click.option("--tap", default=None, help="U-Net feature for g_phi [default: last 8x8 encoder block].")
-@click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
+@click.option(
+    "--minutes",
+    type=POSITIVE,
+    default=None,
+    help="Wall-time budget: stop after this many minutes and keep the predictor trained so far.",
+)
+@_force_option
 @_device_option
-def distill(ckpt: Path, nfe: int, out: Path | None, force: bool, device: str, **options: Any) -> None:
+def distill(ckpt: Path, nfe: int, out: Path | None, force: bool, device, minutes: float | None, **options: Any) -> None:
     """Train the AMED predictor g_phi for a fixed NFE budget against a teacher solver.
 
     Defaults follow the AMED-Solver recipe (time_uniform schedule, AFS, scale_dir 0.01, Adam lr 5e-3,
     10k trajectories) except the teacher: iPNDM with 5 extra points per interval, far more accurate
-    than the paper's Heun with M=1 (--teacher heun --teacher-m 1 gives the paper's recipe)."""
-    from amed_deploy.checkpoint import build_model, file_sha256, load_checkpoint
+    than the paper's Heun with M=1 (--teacher heun --teacher-m 1 gives the paper's recipe). On a CPU
+    the full 10 kimg takes hours: the projected time is printed after the first batch, and --minutes
+    (or a smaller --kimg) bounds it."""
+    from tqdm.auto import tqdm
+
+    from amed_deploy.checkpoint import file_sha256
     from amed_deploy.distill import DistillConfig, distill_predictor
     from amed_deploy.predictor_file import save_predictor
+    from amed_deploy.sampling import load_model
 
     out = out or Path(f"amed{nfe}.pt")
-    _refuse_overwrite(out, force)
+    check_suffix(out, (".pt",), "--out")
+    plan_outputs({"--out": out}, [ckpt], force)
     cfg = DistillConfig(nfe=nfe, **options)
-    net = build_model(load_checkpoint(ckpt))
-    bundle = distill_predictor(net, file_sha256(ckpt), cfg, _resolve_device(device))
-    save_predictor(out, bundle)
+    loaded = load_model(ckpt)
+    bundle = distill_predictor(
+        loaded.network.net,
+        file_sha256(ckpt),
+        cfg,
+        device,
+        minutes=minutes,
+        on_estimate=lambda text: tqdm.write(text, file=sys.stderr),  # above the progress bar, not inside it
+        model_sha256=loaded.checkpoint_sha256,
+    )
+    save_predictor(out, bundle, overwrite=force)
     sampler, summary = bundle.sampler, bundle.training
     click.echo(f"wrote {out}: {sampler.solver} NFE {sampler.nfe}, N={sampler.num_points}, tap {bundle.tap}")
+    if summary["kimg_trained"] < cfg.kimg:
+        click.echo(f"  trained {summary['kimg_trained']:.3g} of {cfg.kimg:g} kimg (--minutes {minutes:g})")
     line = f"  held-out RMSE to the teacher: {summary['held_out_rmse']:.4g}"
     if "held_out_rmse_dpm2" in summary:
         line += f" (DPM-Solver-2 at the same NFE: {summary['held_out_rmse_dpm2']:.4g})"
@@ -259,26 +453,48 @@ def distill(ckpt: Path, nfe: int, out: Path | None, force: bool, device: str, **
 
 
 @main.command()
-@click.option("--ckpt", required=True, type=click.Path(dir_okay=False, path_type=Path), help="EDM checkpoint.")
-@click.option("--predictor", type=click.Path(dir_okay=False, path_type=Path), help="Predictor from `distill`.")
+@click.option(
+    "--ckpt", required=True, type=click.Path(dir_okay=False, path_type=Path), callback=_bundled, help="EDM checkpoint."
+)
+@click.option(
+    "--predictor",
+    type=click.Path(dir_okay=False, path_type=Path),
+    callback=_bundled,
+    help="Predictor from `distill` (or a bundled name such as amed5).",
+)
 @click.option("--solver", default=None, help="A solver by name (euler, heun, dpm2, ipndm, dpmpp3m, ...) instead.")
-@click.option("--nfe", type=int, default=None, help="NFE for --solver.")
+@click.option("--nfe", type=_nfe_type(), default=None, help="NFE for --solver (checked against a predictor's own).")
 @click.option("--schedule", default="polynomial", show_default=True, help="Schedule for --solver.")
 @click.option("--afs", is_flag=True, help="Analytical first step for --solver.")
-@click.option("--batch", default=16, show_default=True)
-@click.option("--seed", default=0, show_default=True)
+@click.option("--batch", default=16, show_default=True, type=BATCH)
+@click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--class", "classes", default=None, help="Class label(s): K or K1,K2,... [default: random].")
-@click.option("--out", default=Path("grid.png"), show_default=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--npz", type=click.Path(dir_okay=False, path_type=Path), help="Also write the raw arrays.")
-@click.option("--force", is_flag=True, help="Use a predictor distilled for another checkpoint anyway.")
+@click.option(
+    "--out", default=Path("grid.png"), show_default=True, type=click.Path(dir_okay=False, path_type=Path),
+    help="Image grid: .png, .jpg or .jpeg.",
+)  # fmt: skip
+@click.option("--npz", type=click.Path(dir_okay=False, path_type=Path), help="Also write the raw arrays (.npz).")
+@_force_option
+@_mismatch_option
 @_device_option
-def sample(ckpt, predictor, solver, nfe, schedule, afs, batch, seed, classes, out, npz, force, device) -> None:
+@click.pass_context
+def sample(
+    ctx, ckpt, predictor, solver, nfe, schedule, afs, batch, seed, classes, out, npz, force, mismatch, device
+) -> None:
     """Sample with the PyTorch reference path (AMED with --predictor, or any solver by name)."""
     from amed_deploy.sampling import baseline_sampler, load_model, reference_sample
 
-    loaded = load_model(ckpt, predictor, force=force)
-    if solver is None and loaded.bundle is None:
-        raise AmedError("pass --predictor amed5.pt, or --solver NAME --nfe N")
+    if predictor is not None and solver is not None:
+        raise AmedError("pass either --predictor (AMED) or --solver NAME --nfe N, not both")
+    if solver is None and (_given(ctx, "schedule") or afs):
+        raise AmedError("--schedule and --afs apply to --solver; a predictor fixes its own time points")
+    if solver is None and predictor is None:
+        raise AmedError("pass --predictor amed5.pt (or a bundled name such as amed5), or --solver NAME --nfe N")
+    if mismatch and predictor is None:
+        raise AmedError("--ignore-checkpoint-mismatch applies to --predictor")
+    _image_out(out, npz)
+    plan_outputs({"--out": out, "--npz": npz}, [ckpt, predictor], force)
+    loaded = load_model(ckpt, predictor, allow_mismatch=mismatch)
     if solver is None:
         cfg = loaded.bundle.sampler
         if nfe is not None and nfe != cfg.nfe:
@@ -287,30 +503,41 @@ def sample(ckpt, predictor, solver, nfe, schedule, afs, batch, seed, classes, ou
         if nfe is None:
             raise AmedError("--nfe is needed with --solver")
         cfg = baseline_sampler(loaded.network.net, solver, nfe, schedule, afs)
-    dev = _resolve_device(device)
-    loaded.network.to(dev)
-    images, labels = reference_sample(loaded.network, cfg, seed, batch, _parse_classes(classes), dev)
+    loaded.network.to(device)
+    images, labels = reference_sample(loaded.network, cfg, seed, batch, _parse_classes(classes), device)
     click.echo(
         f"{cfg.solver}, NFE {cfg.nfe}, {cfg.num_points} time points ({cfg.schedule}), batch {batch}, seed {seed}"
     )
-    _write_images(images, labels, out, npz)
+    _write_images(images, labels, out, npz, force)
 
 
 @main.command()
-@click.option("--ckpt", required=True, type=click.Path(dir_okay=False, path_type=Path), help="EDM checkpoint.")
 @click.option(
-    "--predictor", type=click.Path(dir_okay=False, path_type=Path), help="Predictor; omit for a plain denoiser graph."
+    "--ckpt", required=True, type=click.Path(dir_okay=False, path_type=Path), callback=_bundled, help="EDM checkpoint."
+)
+@click.option(
+    "--predictor",
+    type=click.Path(dir_okay=False, path_type=Path),
+    callback=_bundled,
+    help="Predictor (or a bundled name such as amed5); omit for a plain denoiser graph.",
 )
 @click.option(
     "--out", default=Path("engines/amed5.onnx"), show_default=True, type=click.Path(dir_okay=False, path_type=Path)
 )
 @click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "fp16"]))
-@click.option("--batch", default=1, show_default=True, help="Batch size (the optimum with --dynamic-batch).")
-@click.option("--dynamic-batch", is_flag=True, help="Make the batch dimension dynamic in [--min-batch, --max-batch].")
-@click.option("--min-batch", default=1, show_default=True)
-@click.option("--max-batch", default=64, show_default=True)
-@click.option("--force", is_flag=True, help="Overwrite OUT; use a predictor distilled for another checkpoint.")
-def export(ckpt, predictor, out, precision, batch, dynamic_batch, min_batch, max_batch, force) -> None:
+@click.option("--batch", default=16, show_default=True, type=BATCH, help="Batch size (the optimum of a dynamic range).")
+@click.option(
+    "--dynamic-batch/--fixed-batch",
+    default=True,
+    show_default=True,
+    help="Dynamic: any batch in [--min-batch, --max-batch]; fixed: exactly --batch.",
+)
+@click.option("--min-batch", default=1, show_default=True, type=BATCH)
+@click.option("--max-batch", default=64, show_default=True, type=BATCH)
+@_force_option
+@_mismatch_option
+@click.pass_context
+def export(ctx, ckpt, predictor, out, precision, batch, dynamic_batch, min_batch, max_batch, force, mismatch) -> None:
     """Trace the U-Net, its feature tap and g_phi into ONE ONNX graph carrying the sampler config.
 
     The graph is checked with onnx.checker and against PyTorch through ONNX Runtime before it is
@@ -319,8 +546,15 @@ def export(ckpt, predictor, out, precision, batch, dynamic_batch, min_batch, max
     from amed_deploy.sampling import load_model
     from exporters.onnx_export import export_onnx
 
-    _refuse_overwrite(out, force)
-    loaded = load_model(ckpt, predictor, force=force)
+    if not dynamic_batch and (_given(ctx, "min_batch") or _given(ctx, "max_batch")):
+        raise AmedError("--min-batch/--max-batch set a dynamic batch range; they do not apply with --fixed-batch")
+    if dynamic_batch and not min_batch <= batch <= max_batch:
+        raise AmedError(f"need --min-batch <= --batch <= --max-batch, got {min_batch} <= {batch} <= {max_batch}")
+    if mismatch and predictor is None:
+        raise AmedError("--ignore-checkpoint-mismatch applies to --predictor")
+    check_suffix(out, (".onnx",), "--out")
+    plan_outputs({"--out": out}, [ckpt, predictor], force)
+    loaded = load_model(ckpt, predictor, allow_mismatch=mismatch)
     result = export_onnx(
         loaded.network,
         out,
@@ -330,6 +564,7 @@ def export(ckpt, predictor, out, precision, batch, dynamic_batch, min_batch, max
         batch_range=(min_batch, max_batch) if dynamic_batch else None,
         checkpoint_sha256=loaded.checkpoint_sha256,
         predictor_sha256=file_sha256(predictor) if predictor else None,
+        overwrite=force,
     )
     spec = result.spec
     what = f"AMED {spec.sampler.solver} NFE {spec.sampler.nfe}" if spec.kind == "amed" else "denoiser"
@@ -344,21 +579,25 @@ def export(ckpt, predictor, out, precision, batch, dynamic_batch, min_batch, max
 @click.option(
     "--out", default=Path("engines/amed5.plan"), show_default=True, type=click.Path(dir_okay=False, path_type=Path)
 )
-@click.option("--workspace-gib", default=4.0, show_default=True, help="Builder workspace limit.")
+@click.option("--workspace-gib", default=4.0, show_default=True, type=POSITIVE, help="Builder workspace limit.")
 @click.option(
     "--timing-cache", type=click.Path(dir_okay=False, path_type=Path), help="Timing cache file (read and updated)."
 )
 @click.option("--opt-level", type=click.IntRange(0, 5), default=None, help="Builder optimisation level.")
 @click.option("--hardware-compatibility", type=click.Choice(["ampere_plus", "same_cc"]), default=None)
 @click.option("--version-compatible", is_flag=True, help="Plan runs on later TensorRT of the same major.")
-@click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
+@_force_option
 def build(
     onnx_path, out, workspace_gib, timing_cache, opt_level, hardware_compatibility, version_compatible, force
 ) -> None:
     """Build a TensorRT engine (strongly typed, TRT 10/11) plus its sidecar manifest OUT.json."""
+    from amed_deploy.runtime.manifest import manifest_path_for
     from exporters.trt_build import build_command_impl
 
-    _refuse_overwrite(out, force)
+    check_suffix(out, (".plan",), "--out")
+    plan_outputs({"--out": out, "manifest": manifest_path_for(out)}, [onnx_path, timing_cache], force)
+    if timing_cache is not None:
+        plan_outputs({"--timing-cache": timing_cache}, [onnx_path], force=True)
     click.echo(
         build_command_impl(
             onnx_path,
@@ -368,38 +607,58 @@ def build(
             builder_optimization_level=opt_level,
             hardware_compatibility=hardware_compatibility,
             version_compatible=version_compatible,
+            overwrite=force,
         )
     )
 
 
 @main.command()
 @click.option(
-    "--engine", required=True, type=click.Path(dir_okay=False, path_type=Path), help=".plan, .onnx, or a checkpoint."
+    "--engine",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    callback=_bundled,
+    help=".plan, .onnx, or a checkpoint (or the bundled fashion-mnist).",
 )
-@click.option("--predictor", type=click.Path(dir_okay=False, path_type=Path), help="With a checkpoint: the predictor.")
-@click.option("--batch", type=int, default=None, help="Batch size [default: the graph's optimum].")
-@click.option("--seed", default=0, show_default=True)
+@click.option(
+    "--predictor",
+    type=click.Path(dir_okay=False, path_type=Path),
+    callback=_bundled,
+    help="With a checkpoint: the predictor (or a bundled name such as amed5).",
+)
+@click.option("--batch", type=BATCH, default=None, help="Batch size [default: the graph's optimum].")
+@click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--class", "classes", default=None, help="Class label(s): K or K1,K2,... [default: random].")
 @click.option("--solver", default=None, help="Training-free solver for a plain denoiser graph.")
-@click.option("--nfe", type=int, default=None, help="NFE (checked against an AMED graph's own).")
-@click.option("--out", default=Path("samples.png"), show_default=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--npz", type=click.Path(dir_okay=False, path_type=Path), help="Also write the raw arrays.")
+@click.option("--nfe", type=_nfe_type(), default=None, help="NFE (checked against an AMED graph's own).")
+@click.option(
+    "--out", default=Path("samples.png"), show_default=True, type=click.Path(dir_okay=False, path_type=Path),
+    help="Image grid: .png, .jpg or .jpeg.",
+)  # fmt: skip
+@click.option("--npz", type=click.Path(dir_okay=False, path_type=Path), help="Also write the raw arrays (.npz).")
 @click.option("--cuda-graph", is_flag=True, help="Replay the whole NFE loop as one CUDA graph (GPU).")
+@_force_option
+@_mismatch_option
 @_device_option
-def run(engine, predictor, batch, seed, classes, solver, nfe, out, npz, cuda_graph, device) -> None:
+def run(engine, predictor, batch, seed, classes, solver, nfe, out, npz, cuda_graph, force, mismatch, device) -> None:
     """Run the deployed AMED sampler loop for its fixed NFE and write images."""
     import time
 
     from amed_deploy.runtime import Sampler
+    from amed_deploy.runtime.manifest import manifest_path_for
 
+    _image_out(out, npz)
+    inputs = [engine, predictor, manifest_path_for(engine) if engine.suffix.lower() == ".plan" else None]
+    plan_outputs({"--out": out, "--npz": npz}, inputs, force)
     smp = Sampler.load(
         engine,
         batch=batch,
-        device=_resolve_device(device),
+        device=device,
         predictor=predictor,
         solver=solver,
         nfe=nfe,
         cuda_graph=cuda_graph,
+        ignore_checkpoint_mismatch=mismatch,
     )
     start = time.perf_counter()
     result = smp.sample(seed=seed, classes=_parse_classes(classes))
@@ -409,7 +668,7 @@ def run(engine, predictor, batch, seed, classes, solver, nfe, out, npz, cuda_gra
         f"{engine}: {cfg.solver} NFE {cfg.nfe} on {smp.device} ({type(smp.executor).__name__}), "
         f"batch {smp.batch}, seed {seed}: {elapsed * 1000:.0f} ms"
     )
-    _write_images(result.images, result.labels, out, npz)
+    _write_images(result.images, result.labels, out, npz, force)
 
 
 @main.command()
@@ -430,13 +689,14 @@ def run(engine, predictor, batch, seed, classes, solver, nfe, out, npz, cuda_gra
     help="Comma-separated paths; also torch-fp16-compile-graph (the fastest; compiles ~1 min per batch size) "
     "and torch-bf16-compile-graph.",
 )
-@click.option("--repeats", default=20, show_default=True, help="Timed calls per measurement (median).")
+@click.option("--repeats", default=20, show_default=True, type=BATCH, help="Timed calls per measurement (median).")
 @click.option(
     "--out", default=Path("BENCHMARKS.md"), show_default=True, type=click.Path(dir_okay=False, path_type=Path)
 )
-@click.option("--minutes", type=float, default=None, help="Start no new cell after this many minutes.")
+@click.option("--minutes", type=POSITIVE, default=None, help="Start no new cell after this many minutes.")
 @click.option("--resume", is_flag=True, help="Keep the cells already in OUT.json (same GPU) and measure the rest.")
-def bench(networks, nfes, batches, paths, repeats, out, minutes, resume) -> None:
+@_force_option
+def bench(networks, nfes, batches, paths, repeats, out, minutes, resume, force) -> None:
     """Benchmark the deployed sampler on the GPU against the eager fp32 PyTorch loop (same run).
 
     Reports network-alone and end-to-end latency, images/s, speedup, loop overhead, the fraction of
@@ -452,6 +712,9 @@ def bench(networks, nfes, batches, paths, repeats, out, minutes, resume) -> None
     from amed_deploy.bench import PATHS, random_cifar10, render_markdown, rows_to_json, run_bench
     from amed_deploy.checkpoint import build_model, load_checkpoint
 
+    check_suffix(out, (".md",), "--out")
+    results = Path(f"{out}.json")
+    plan_outputs({"--out": out, "results": results}, [], force or resume)
     if not torch.cuda.is_available():
         raise AmedError("bench measures GPU paths and needs a CUDA GPU")
     unknown = [p for p in paths.split(",") if p not in PATHS]
@@ -467,7 +730,6 @@ def bench(networks, nfes, batches, paths, repeats, out, minutes, resume) -> None
         else:
             raise AmedError(f"unknown bench network {name!r}: bundled or cifar10")
 
-    results = Path(f"{out}.json")
     previous = None
     if resume and results.exists():
         try:
@@ -511,31 +773,46 @@ def bench(networks, nfes, batches, paths, repeats, out, minutes, resume) -> None
     type=click.Path(file_okay=False, path_type=Path),
     help="Run folder: train-state.pt (resumable), edm.pt and edm-fp16.safetensors (EMA weights).",
 )
-@click.option("--minutes", default=9.0, show_default=True, help="Wall-time budget of this call; then save and stop.")
-@click.option("--kimg", default=8000.0, show_default=True, help="Total training length in thousands of images.")
-@click.option("--batch", default=256, show_default=True)
-@click.option("--lr", default=1e-3, show_default=True)
-@click.option("--channels", default=64, show_default=True, help="SongUNet model_channels.")
+@click.option(
+    "--minutes", default=9.0, show_default=True, type=POSITIVE, help="Wall-time budget of this call; then save, stop."
+)
+@click.option(
+    "--kimg", default=8000.0, show_default=True, type=POSITIVE, help="Total training length in thousands of images."
+)
+@click.option("--batch", default=256, show_default=True, type=BATCH)
+@click.option("--lr", default=1e-3, show_default=True, type=POSITIVE)
+@click.option(
+    "--channels", default=64, show_default=True, type=click.IntRange(1, 1024), help="SongUNet model_channels."
+)
 @click.option("--channel-mult", default="1,2,2", show_default=True)
-@click.option("--blocks", default=2, show_default=True, help="Blocks per resolution.")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--init", type=click.Path(dir_okay=False, path_type=Path), help="Start from this checkpoint's weights.")
+@click.option("--blocks", default=2, show_default=True, type=click.IntRange(1, 16), help="Blocks per resolution.")
+@click.option("--seed", default=0, show_default=True, type=SEED)
+@click.option(
+    "--init", type=click.Path(dir_okay=False, path_type=Path), callback=_bundled, help="Start from these weights."
+)
 @_device_option
 def train_edm(data, out, minutes, kimg, batch, lr, channels, channel_mult, blocks, seed, init, device) -> None:
     """Train a class-conditional EDM model on Fashion-MNIST (32x32, 1 channel, 10 classes).
 
     Resumable: run it again with the same --out to continue (training may span several calls)."""
     from amed_deploy.data import load_fashion_mnist, to_model_space
-    from amed_deploy.train_edm import TrainConfig, train
+    from amed_deploy.train_edm import RUN_FILES, TrainConfig, train
+
+    if out.exists() and not out.is_dir():
+        raise AmedError(f"--out {out} is a file; train-edm writes a run folder")
+    if init is not None:
+        plan_outputs({f"--out {out}/{name}": out / name for name in RUN_FILES}, [init], force=True)
+    mult = tuple(_int_list(channel_mult, "--channel-mult"))
+    if not mult or min(mult) < 1:
+        raise AmedError(f"--channel-mult takes positive integers, got {channel_mult!r}")
 
     raw, labels = load_fashion_mnist(data, "train")
     import torch
 
     images = to_model_space(raw)
     onehot = torch.nn.functional.one_hot(torch.as_tensor(labels, dtype=torch.long), 10).float()
-    mult = tuple(int(v) for v in channel_mult.split(","))
     cfg = TrainConfig(model_channels=channels, channel_mult=mult, num_blocks=blocks, batch=batch, lr=lr, seed=seed)
-    summary = train(images, onehot, out, cfg, minutes, kimg, _resolve_device(device), init)
+    summary = train(images, onehot, out, cfg, minutes, kimg, device, init)
     click.echo(
         f"trained to {summary['nimg'] / 1000:.0f} kimg ({summary['steps']} steps, {summary['seconds'] / 60:.1f} min "
         f"in all), recent loss {summary['recent_loss']:.4f}; wrote {out / 'edm.pt'}"
@@ -543,14 +820,21 @@ def train_edm(data, out, minutes, kimg, batch, lr, channels, channel_mult, block
 
 
 @main.command()
-@click.option("--out", default=Path("samples.png"), show_default=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--seed", default=0, show_default=True)
-def demo(out: Path, seed: int) -> None:
-    """The built-in default: the bundled Fashion-MNIST model's NFE-5 AMED graph, exported once to
-    engines/ and run with ONNX Runtime on the CPU; writes a labelled grid, one row per class."""
+@click.option(
+    "--out", default=Path("samples.png"), show_default=True, type=click.Path(dir_okay=False, path_type=Path),
+    help="Image grid: .png, .jpg or .jpeg.",
+)  # fmt: skip
+@click.option("--seed", default=0, show_default=True, type=SEED)
+@_force_option
+def demo(out: Path, seed: int, force: bool) -> None:
+    """The built-in default: the bundled Fashion-MNIST model's NFE-5 AMED graph, exported once (cached
+    in the project's engines/ or the user cache folder) and run with ONNX Runtime on the CPU; writes
+    a labelled grid, one row per class."""
     from amed_deploy.demo import run_demo
 
-    r = run_demo(out, seed=seed)
+    check_suffix(out, tuple(IMAGE_FORMATS), "--out")
+    plan_outputs({"--out": out}, [], force)
+    r = run_demo(out, seed=seed, overwrite=force)
     cfg = r["config"]
     click.echo(
         f"AMED-Solver, NFE {cfg.nfe} ({cfg.num_points} time points, {cfg.schedule}), ONNX Runtime CPU: "
@@ -585,9 +869,9 @@ def _int_list(value: str, option: str) -> list[int]:
 @click.option(
     "--predictor-dir", type=click.Path(file_okay=False, path_type=Path), help="Folder of relative --predictors."
 )
-@click.option("--num", default=10000, show_default=True, help="Samples per FID.")
-@click.option("--batch", default=500, show_default=True)
-@click.option("--seed", default=0, show_default=True, help="Batch i uses seed SEED+i; classes cycle 0..9.")
+@click.option("--num", default=10000, show_default=True, type=BATCH, help="Samples per FID.")
+@click.option("--batch", default=500, show_default=True, type=BATCH)
+@click.option("--seed", default=0, show_default=True, type=SEED, help="Batch i uses seed SEED+i; classes cycle 0..9.")
 @click.option(
     "--stats-cache", type=click.Path(dir_okay=False, path_type=Path), help="Cache of training-set statistics (.npz)."
 )
@@ -595,9 +879,13 @@ def _int_list(value: str, option: str) -> list[int]:
 @click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path), help="Also write the table (.md).")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Also plot FID vs NFE (.png).")
 @click.option("--no-fid", is_flag=True, help="RMSE only (no Inception, no dataset).")
-@click.option("--rmse-num", default=256, show_default=True, help="Samples per RMSE (0: no RMSE).")
+@click.option(
+    "--rmse-num", default=256, show_default=True, type=click.IntRange(min=0), help="Samples per RMSE (0: no RMSE)."
+)
 @click.option("--reference", default="heun", show_default=True, type=click.Choice(["heun", "adaptive"]))
-@click.option("--reference-points", default=256, show_default=True, help="Time points of the Heun reference.")
+@click.option(
+    "--reference-points", default=256, show_default=True, type=click.IntRange(3, 4096), help="Heun reference points."
+)
 @click.option(
     "--resize",
     default="tf",
@@ -620,17 +908,20 @@ def _int_list(value: str, option: str) -> list[int]:
     help="Frechet distance: scipy sqrtm (standard), or symmetric eigenvalues (same value, ~5x faster).",
 )
 @click.option("--resume", is_flag=True, help="Keep cells already in --out (same settings) and skip them.")
-@click.option("--force", is_flag=True, help="Use predictors distilled for another checkpoint anyway.")
+@_force_option
+@_mismatch_option
 @_device_option
 def eval_command(
     ckpt, data, inception, solvers, nfes, predictors, predictor_dir, num, batch, seed, stats_cache, out, markdown,
-    plot, no_fid, rmse_num, reference, reference_points, resize, inception_input, fd_method, resume, force, device,
+    plot, no_fid, rmse_num, reference, reference_points, resize, inception_input, fd_method, resume, force, mismatch,
+    device,
 ) -> None:  # fmt: skip
     """Measure FID and RMSE (vs a high-accuracy ODE solution) per solver and NFE; write results JSON.
 
     Training-free solvers use the polynomial schedule; Heun and DPM-Solver-2 at an odd NFE use the
     analytical first step (NFE = 2(N-1)-1). AMED cells use their predictor's own configuration. Also
     measures the reference sampler (Heun, NFE 35). The JSON is rewritten after every cell."""
+    from amed_deploy.config import MAX_NFE
     from amed_deploy.evaluate import (
         ReferenceCache,
         evaluate_cells,
@@ -643,14 +934,27 @@ def eval_command(
     from amed_deploy.sampling import load_model
 
     nfe_list = _int_list(nfes, "--nfe")
+    if not nfe_list or not all(1 <= n <= MAX_NFE for n in nfe_list):
+        raise AmedError(f"--nfe takes NFE budgets in 1..{MAX_NFE}, got {nfes!r}")
     solver_list = [s.strip() for s in solvers.split(",") if s.strip()]
     if not no_fid and inception is None:
         raise AmedError("pass --inception PATH (the FID network), or --no-fid for RMSE only")
-    dev = _resolve_device(device)
+    check_suffix(out, (".json",), "--out")
+    if markdown is not None:
+        check_suffix(markdown, (".md",), "--markdown")
+    if plot is not None:
+        check_suffix(plot, (".png",), "--plot")
+    outputs = {"--markdown": markdown, "--plot": plot}
+    if not (resume and out.exists()):
+        outputs["--out"] = out
+    plan_outputs(outputs, [ckpt, inception, stats_cache], force)
+    if resume:
+        plan_outputs({"--out": out}, [ckpt, inception, stats_cache], force=True)
+    dev = device
     loaded = load_model(ckpt)
     network = loaded.network.to(dev).eval()
     found = find_predictors([t.strip() for t in predictors.split(",") if t.strip()], nfe_list, predictor_dir)
-    cells = plan_cells(network, loaded.checkpoint_sha256, solver_list, nfe_list, found, dev, force)
+    cells = plan_cells(network, loaded.checkpoint_sha256, solver_list, nfe_list, found, dev, mismatch)
     header = {"checkpoint": str(ckpt), "checkpoint_sha256": loaded.checkpoint_sha256}
     fid_net, stats = None, None
     if not no_fid:
@@ -667,7 +971,7 @@ def eval_command(
     if markdown is not None:
         from amed_deploy.atomic import atomic_write_bytes
 
-        atomic_write_bytes(markdown, table.encode())
+        atomic_write_bytes(markdown, table.encode(), overwrite=force)
         click.echo(f"wrote {markdown}")
     if plot is not None and not no_fid:
         plot_fid_vs_nfe(results, plot)

@@ -10,6 +10,7 @@ code (`solvers.step`), so what is trained is exactly what is deployed."""
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
@@ -18,14 +19,15 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .amed_network import AMEDNetwork, TorchModel
-from .config import SamplerConfig, sigma_range
+from .config import MAX_NFE, SamplerConfig, sigma_range
 from .errors import AmedError
-from .noise import make_inputs
+from .noise import as_int, make_inputs
 from .predictor import AMEDPredictor, PredictorConfig
 from .predictor_file import PredictorBundle
 from .solvers import SolverConfig, SolverState, nested_schedule, sample, step
 
 MULTISTEP_STUDENTS = ("amed_ipndm",)
+MAX_DISTILL_SEED = 2**40  # training seeds are seed * 1_000_003 + i, which must stay below 2^64
 HELD_OUT_SEEDS = range(10**9, 10**9 + 2)  # never used in training (training seeds are seed * 1_000_003 + i)
 
 
@@ -50,6 +52,30 @@ class DistillConfig:
     lr: float = 5e-3
     seed: int = 0
     tap: str | None = None
+
+    def __post_init__(self) -> None:
+        """Refuse values that would train nothing or diverge (kimg 0 wrote a one-step predictor)."""
+        ints = {"nfe": (self.nfe, 1, MAX_NFE), "batch": (self.batch, 1, 1 << 20), "teacher_m": (self.teacher_m, 0, 100)}
+        ints["seed"] = (self.seed, 0, MAX_DISTILL_SEED)
+        for name, (value, lo, hi) in ints.items():
+            if as_int(value, name) != value or not lo <= value <= hi:
+                raise AmedError(f"distill {name} must be an integer in {lo}..{hi}, got {value!r}")
+        floats = {"kimg": (self.kimg, False), "lr": (self.lr, False)}
+        floats.update({"scale_dir": (self.scale_dir, True), "scale_time": (self.scale_time, True)})
+        for name, (value, zero_ok) in floats.items():
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            if not ok or value < 0 or (value == 0 and not zero_ok):
+                rule = ">= 0" if zero_ok else "> 0"
+                raise AmedError(f"distill {name} must be a finite number {rule}, got {value!r}")
+        for name in ("scale_dir", "scale_time"):
+            if getattr(self, name) >= 1:
+                raise AmedError(f"distill {name} must be below 1 (the scale is 1 +- {name}), got {getattr(self, name)}")
+        if SolverConfig(self.teacher).uses_predictor:
+            raise AmedError(f"teacher {self.teacher!r} needs a predictor itself; use a training-free solver")
+
+    @property
+    def batches(self) -> int:
+        return max(1, math.ceil(self.kimg * 1000 / self.batch))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -84,9 +110,13 @@ def distill(
     device: torch.device | str = "cpu",
     progress: bool = True,
     on_step: Callable[[int, float], None] | None = None,
+    minutes: float | None = None,
+    on_estimate: Callable[[str], None] | None = None,
 ) -> tuple[AMEDNetwork, SamplerConfig, list[float]]:
     """Train a fresh predictor for `net` (frozen); returns the network+predictor, the sampler config
-    and the per-batch mean losses."""
+    and the per-batch mean losses. With `minutes`, training stops after that much wall time (at
+    least one batch) and keeps what it learned; `on_estimate` hears the projected duration after
+    the first batch, so a long CPU run is announced rather than discovered."""
     device = torch.device(device)
     sampler = sampler_for(net, cfg)
     if not sampler.solver_config.uses_predictor:
@@ -99,10 +129,14 @@ def distill(
     multistep = sampler.solver in MULTISTEP_STUDENTS
     opt = torch.optim.Adam(predictor.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
     shape = (net.img_channels, net.img_resolution, net.img_resolution)
-    batches = max(1, math.ceil(cfg.kimg * 1000 / cfg.batch))
+    batches = cfg.batches
     losses: list[float] = []
+    began = time.monotonic()
     bar = tqdm(range(batches), desc=f"distill {cfg.student} NFE {cfg.nfe}", unit="batch", disable=not progress)
     for i in bar:
+        if i and minutes is not None and time.monotonic() - began > 60 * minutes:
+            bar.close()
+            break
         noise, labels = make_inputs(cfg.seed * 1_000_003 + i, cfg.batch, shape, network.label_dim)
         x0 = (noise * sampler.sigma_max).to(device)
         labels = None if labels is None else labels.to(device)
@@ -123,11 +157,24 @@ def distill(
             x = x_next.detach()
             batch_loss += loss.item() / (sampler.num_points - 1)
         losses.append(batch_loss)
+        if not math.isfinite(batch_loss):
+            raise AmedError(f"distillation diverged (loss {batch_loss} at batch {i}); lower --lr")
         bar.set_postfix(loss=f"{batch_loss:.4g}")
         if on_step is not None:
             on_step(i, batch_loss)
+        if i == 0 and on_estimate is not None:
+            on_estimate(_estimate(time.monotonic() - began, batches, cfg, device, minutes))
     predictor.eval()
     return network, sampler, losses
+
+
+def _estimate(seconds_per_batch: float, batches: int, cfg: DistillConfig, device: torch.device, minutes) -> str:
+    total = seconds_per_batch * batches / 60
+    text = f"distill: {batches} batches of {cfg.batch} at {seconds_per_batch:.1f} s each on {device.type}"
+    text += f": ~{total:.0f} min"
+    if minutes is not None and minutes < total:
+        return text + f"; stopping after --minutes {minutes:g} (about {minutes / total * cfg.kimg:.2g} kimg)"
+    return text + ("; --minutes M stops early and keeps what was learned" if total > 5 else "")
 
 
 @torch.no_grad()
@@ -164,18 +211,28 @@ def endpoint_rmses(
 
 
 def distill_predictor(
-    net: nn.Module, checkpoint_sha256: str, cfg: DistillConfig, device: torch.device | str, progress: bool = True
+    net: nn.Module,
+    checkpoint_sha256: str,
+    cfg: DistillConfig,
+    device: torch.device | str,
+    progress: bool = True,
+    minutes: float | None = None,
+    on_estimate: Callable[[str], None] | None = None,
+    model_sha256: str | None = None,
 ) -> PredictorBundle:
     """`distill`, then measure the held-out error to the teacher (and DPM-Solver-2's, for the AMED-Solver)
-    and pack everything a predictor file records."""
-    network, sampler, losses = distill(net, cfg, device, progress)
+    and pack everything a predictor file records (the batches actually trained, under a time budget)."""
+    network, sampler, losses = distill(net, cfg, device, progress, minutes=minutes, on_estimate=on_estimate)
     bsz = min(cfg.batch, 64)
     solvers = [sampler.solver_config]
     if sampler.solver == "amed":
         solvers.append(SolverConfig("dpm2", sampler.afs))  # its base solver at the same NFE, for reference
     errors = endpoint_rmses(network, solvers, sampler, cfg, HELD_OUT_SEEDS, bsz)
-    summary = {"final_loss": losses[-1], "held_out_rmse": errors[0]}
+    summary = {"final_loss": losses[-1], "held_out_rmse": errors[0], "batches_trained": len(losses)}
+    summary["kimg_trained"] = len(losses) * cfg.batch / 1000
     if len(errors) > 1:
         summary["held_out_rmse_dpm2"] = errors[1]
     training = {"distill": cfg.to_dict(), **summary}
-    return PredictorBundle(network.predictor.cpu(), sampler, network.tap, checkpoint_sha256, training)
+    return PredictorBundle(
+        network.predictor.cpu(), sampler, network.tap, checkpoint_sha256, training, model_sha256=model_sha256
+    )

@@ -361,7 +361,7 @@ def plan_cells(
     nfes: Sequence[int],
     predictors: dict[tuple[str, int], Path],
     device: torch.device | str = "cpu",
-    force: bool = False,
+    allow_mismatch: bool = False,
 ) -> list[Cell]:
     """Every (solver, NFE) cell: baselines from `baseline_sampler`, AMED cells from their predictor
     (verified against the checkpoint like `load_model`; the U-Net is shared, not reloaded)."""
@@ -377,7 +377,7 @@ def plan_cells(
                 if path is None:
                     cells.append(Cell(name, nfe, note=f"no {name} predictor for NFE {nfe}"))
                     continue
-                bundle = load_predictor(path, checkpoint_sha256=checkpoint_sha256, force=force)
+                bundle = load_predictor(path, model_sha256=checkpoint_sha256, allow_mismatch=allow_mismatch)
                 if bundle.sampler.nfe != nfe:
                     cells.append(Cell(name, nfe, note=f"{path} is for NFE {bundle.sampler.nfe}"))
                     continue

@@ -1,16 +1,18 @@
-"""Sample images out: PNG grids (optionally one labelled row per class) and raw arrays (.npz)."""
+"""Sample images out: PNG/JPEG grids (optionally one labelled row per class) and raw arrays (.npz)."""
 
 from __future__ import annotations
 
 import io
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 from torch import Tensor
 
 from .atomic import atomic_write_bytes
+from .outputs import IMAGE_FORMATS, check_suffix
 
 
 def to_uint8(images: Tensor) -> np.ndarray:
@@ -46,13 +48,17 @@ def grid(
     return out
 
 
-def save_png(img: Image.Image, path: str | os.PathLike) -> None:
+def save_image(img: Image.Image, path: str | os.PathLike, *, overwrite: bool = True) -> None:
+    """PNG or JPEG, as the file name says (anything else is refused, never PNG bytes under another name)."""
+    suffix = check_suffix(Path(path), tuple(IMAGE_FORMATS), "image file")
     buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    atomic_write_bytes(path, buf.getvalue())
+    fmt = IMAGE_FORMATS[suffix]
+    img.save(buf, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    atomic_write_bytes(path, buf.getvalue(), overwrite=overwrite)
 
 
-def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
+def save_npz(path: str | os.PathLike, *, overwrite: bool = True, **arrays: np.ndarray) -> None:
+    check_suffix(Path(path), (".npz",), "array file")
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue(), overwrite=overwrite)

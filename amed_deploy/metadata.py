@@ -1,5 +1,8 @@
 """The record an exported graph carries (ONNX metadata_props, copied into engine manifests): what the
-graph computes, for which batch range and precision, and the whole sampler configuration."""
+graph computes, for which batch range and precision, and the whole sampler configuration.
+
+Records come from files anyone can edit, so every field is read strictly (`strict_int` and friends):
+`int(1.7)`, `int(True)` or a 300-digit int from `1e300` would otherwise be trusted downstream."""
 
 from __future__ import annotations
 
@@ -15,6 +18,96 @@ SCHEMA = "amed-deploy/graph"
 SCHEMA_VERSION = 1
 KINDS = ("amed", "denoiser")
 PRECISIONS = ("fp32", "fp16", "bf16")  # bf16: the PyTorch executor only (exporters refuse it)
+TARGETS = ("portable",)  # what the graph was exported for (which runtimes may load it)
+
+# Bounds of a record's numbers: generous for real models, small enough that nothing overflows later.
+MAX_CHANNELS = 64
+MAX_RESOLUTION = 16384
+MAX_LABEL_DIM = 100_000
+MAX_BATCH = 2**31 - 1  # whether a batch fits in memory is checked separately (runtime.memory)
+MAX_AFS_RCA = 1e6
+MAX_ACTIVATION_BYTES = 2**40  # network["activation_bytes_per_sample"]: 1 TiB per sample
+MAX_NESTING = 32  # JSON depth of a record: real ones are 3 deep; deeper ones hit recursion limits
+
+
+class FieldError(AmedError, ValueError):
+    """One field of a record has the wrong type or is out of bounds (the caller names the record)."""
+
+
+def strict_int(value: object, name: str, lo: int, hi: int) -> int:
+    """An int, or an integral float such as 4.0, within lo..hi; never a bool, string or 1.7."""
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer() and lo <= value <= hi:
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi:
+        return value
+    raise FieldError(f"{name} must be an integer in {lo}..{hi}, got {_show(value)}")
+
+
+def strict_float(value: object, name: str, lo: float = -math.inf, hi: float = math.inf) -> float:
+    """A finite number within [lo, hi] (ints allowed, bools and strings not; 1e400 parses to inf: refused)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            v = float(value)
+        except OverflowError:  # a huge int
+            v = math.inf
+        if math.isfinite(v) and lo <= v <= hi:
+            return v
+    bounds = "" if (lo, hi) == (-math.inf, math.inf) else f" in [{lo:g}, {hi:g}]"
+    raise FieldError(f"{name} must be a finite number{bounds}, got {_show(value)}")
+
+
+def strict_str(value: object, name: str) -> str:
+    """A string, not something str() would turn into one."""
+    if isinstance(value, str):
+        return value
+    raise FieldError(f"{name} must be a string, got {_show(value)}")
+
+
+def strict_bool(value: object, name: str) -> bool:
+    """true or false, not 'false' (which bool() makes True) or 0/1."""
+    if isinstance(value, bool):
+        return value
+    raise FieldError(f"{name} must be true or false, got {_show(value)}")
+
+
+def strict_list(value: object, name: str, length: int | None = None) -> list:
+    """A JSON array (of the given length), not a string or object that would iterate."""
+    if isinstance(value, (list, tuple)) and (length is None or len(value) == length):
+        return list(value)
+    what = "a list" if length is None else f"a list of {length}"
+    raise FieldError(f"{name} must be {what}, got {_show(value)}")
+
+
+def check_nesting(value: object, what: str, limit: int = MAX_NESTING) -> None:
+    """Refuse JSON nested deeper than `limit` (checked without recursion, so it cannot overflow the stack):
+    asdict/json.dumps of a deep record later would raise RecursionError."""
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, (dict, list, tuple)):
+            if depth > limit:
+                raise AmedError(f"{what} is nested too deeply (more than {limit} levels)")
+            items = v.values() if isinstance(v, dict) else v
+            stack.extend((item, depth + 1) for item in items if isinstance(item, (dict, list, tuple)))
+
+
+def loads_json(text: str | bytes, what: str) -> object:
+    """json.loads with one AmedError for bad syntax, numbers too long for an int, or deep nesting."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise AmedError(f"{what} is nested too deeply") from None
+    except ValueError as e:  # JSONDecodeError, and ints over Python's 4300-digit limit
+        raise AmedError(f"{what} is not valid JSON: {e}") from None
+
+
+def _show(value: object) -> str:
+    """A short repr for messages (a field may hold a huge list or string)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int over Python's 4300-digit str limit
+        return "a very large integer"
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 @dataclass(frozen=True)
@@ -38,8 +131,11 @@ class GraphSpec:
     predictor_sha256: str | None = None
     network: dict = field(default_factory=dict)
     producer: dict = field(default_factory=dict)
+    target: str = "portable"
 
     def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise AmedError(f"graph target must be one of {TARGETS}, got {self.target!r}")
         if self.kind not in KINDS:
             raise AmedError(f"graph kind must be one of {KINDS}, got {self.kind!r}")
         if self.precision not in PRECISIONS:
@@ -48,8 +144,10 @@ class GraphSpec:
             raise AmedError(f"bad batch range {self.batch_min}/{self.batch_opt}/{self.batch_max}")
         if self.kind == "amed" and self.sampler is None:
             raise AmedError("an AMED graph must carry its sampler configuration")
-        if self.afs_rca is not None and not all(math.isfinite(v) for v in self.afs_rca):
-            raise AmedError("AFS predictor constants are not finite")
+        if self.afs_rca is not None and (
+            len(self.afs_rca) != 3 or not all(math.isfinite(v) and abs(v) <= MAX_AFS_RCA for v in self.afs_rca)
+        ):
+            raise AmedError(f"AFS predictor constants must be three finite numbers within +-{MAX_AFS_RCA:g}")
 
     @property
     def conditional(self) -> bool:
@@ -78,47 +176,77 @@ class GraphSpec:
         """Parse and validate; every malformed record becomes one AmedError."""
         if not isinstance(d, dict):
             raise AmedError("amed-deploy metadata is not a JSON object")
+        check_nesting(d, "amed-deploy metadata")
         if d.get("schema") != SCHEMA:
-            raise AmedError(f"amed-deploy metadata has schema {d.get('schema')!r}, expected {SCHEMA!r}")
+            raise AmedError(f"amed-deploy metadata has schema {_show(d.get('schema'))}, expected {SCHEMA!r}")
         version = d.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if type(version) is not int or version != SCHEMA_VERSION:  # not True, not 1.0
             raise AmedError(
-                f"graph metadata schema version {version!r} is not supported by this amed-deploy "
+                f"graph metadata schema version {_show(version)} is not supported by this amed-deploy "
                 f"(supports {SCHEMA_VERSION}); re-export the graph with this version"
             )
         try:
             sampler = None if d.get("sampler") is None else SamplerConfig.from_dict(d["sampler"])
-            shape = tuple(int(v) for v in d["image_shape"])
-            if len(shape) != 3 or min(shape) < 1:
-                raise ValueError(f"image_shape {shape}")
-            rca = d.get("afs_rca")
-            return cls(
-                kind=str(d["kind"]),
-                precision=str(d["precision"]),
-                image_shape=shape,  # type: ignore[arg-type]
-                label_dim=int(d["label_dim"]),
-                batch_min=int(d["batch_min"]),
-                batch_opt=int(d["batch_opt"]),
-                batch_max=int(d["batch_max"]),
-                sampler=sampler,
-                afs_rca=None if rca is None else tuple(float(v) for v in rca),  # type: ignore[arg-type]
-                tap=None if d.get("tap") is None else str(d["tap"]),
-                checkpoint_sha256=d.get("checkpoint_sha256"),
-                predictor_sha256=d.get("predictor_sha256"),
-                network=dict(d.get("network") or {}),
-                producer=dict(d.get("producer") or {}),
+            c, h, w = strict_list(d["image_shape"], "image_shape", 3)
+            shape = (
+                strict_int(c, "image channels", 1, MAX_CHANNELS),
+                strict_int(h, "image height", 1, MAX_RESOLUTION),
+                strict_int(w, "image width", 1, MAX_RESOLUTION),
             )
+            rca = d.get("afs_rca")
+            if rca is not None:
+                rca = tuple(
+                    strict_float(v, "afs_rca", -MAX_AFS_RCA, MAX_AFS_RCA) for v in strict_list(rca, "afs_rca", 3)
+                )
+            return cls(
+                kind=strict_str(d["kind"], "kind"),
+                precision=strict_str(d["precision"], "precision"),
+                image_shape=shape,
+                label_dim=strict_int(d["label_dim"], "label_dim", 0, MAX_LABEL_DIM),
+                batch_min=strict_int(d["batch_min"], "batch_min", 1, MAX_BATCH),
+                batch_opt=strict_int(d["batch_opt"], "batch_opt", 1, MAX_BATCH),
+                batch_max=strict_int(d["batch_max"], "batch_max", 1, MAX_BATCH),
+                sampler=sampler,
+                afs_rca=rca,  # type: ignore[arg-type]
+                tap=_optional_str(d.get("tap"), "tap"),
+                checkpoint_sha256=_optional_str(d.get("checkpoint_sha256"), "checkpoint_sha256"),
+                predictor_sha256=_optional_str(d.get("predictor_sha256"), "predictor_sha256"),
+                network=_network(d.get("network")),
+                producer=_object(d.get("producer"), "producer"),
+                target=strict_str(d.get("target", "portable"), "target"),
+            )
+        except FieldError as e:
+            raise AmedError(f"amed-deploy metadata is malformed: {e}") from None
         except AmedError:
             raise
-        except (KeyError, TypeError, ValueError, OverflowError) as e:  # OverflowError: int(inf)
+        except (KeyError, TypeError, ValueError) as e:
             raise AmedError(f"amed-deploy metadata is malformed: {type(e).__name__}: {e}") from None
 
     @classmethod
     def from_json(cls, text: str) -> GraphSpec:
-        try:
-            return cls.from_dict(json.loads(text))
-        except json.JSONDecodeError as e:
-            raise AmedError(f"amed-deploy metadata is not valid JSON: {e}") from None
+        return cls.from_dict(loads_json(text, "amed-deploy metadata"))
+
+
+def _optional_str(value: object, name: str) -> str | None:
+    return None if value is None else strict_str(value, name)
+
+
+def _object(value: object, name: str) -> dict:
+    """A JSON object or null/absent (an empty one); dict() of a list of pairs is not accepted."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise FieldError(f"{name} must be a JSON object, got {_show(value)}")
+    return dict(value)
+
+
+def _network(value: object) -> dict:
+    """The network description; its activation estimate feeds the memory check, so it is read strictly."""
+    network = _object(value, "network")
+    key = "activation_bytes_per_sample"
+    if key in network:
+        network[key] = strict_int(network[key], f"network.{key}", 0, MAX_ACTIVATION_BYTES)
+    return network
 
 
 def spec_from_metadata_props(props: dict[str, str], source: str = "graph") -> GraphSpec:

@@ -10,19 +10,20 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .amed_network import AMEDNetwork, TorchModel
-from .checkpoint import build_model, file_sha256, load_checkpoint
+from .amed_network import AMEDNetwork, TorchModel, graph_spec
+from .checkpoint import build_model, file_sha256, load_checkpoint, model_sha256
 from .config import SamplerConfig, sigma_range
 from .errors import AmedError
 from .noise import make_inputs
 from .predictor_file import PredictorBundle, load_predictor
+from .runtime.memory import check_fits
 from .solvers import sample
 
 
 @dataclass
 class LoadedModel:
     network: AMEDNetwork
-    checkpoint_sha256: str
+    checkpoint_sha256: str  # the model hash (architecture + weights), the same in every file format
     bundle: PredictorBundle | None = None
 
     @property
@@ -31,13 +32,18 @@ class LoadedModel:
         return (net.img_channels, net.img_resolution, net.img_resolution)
 
 
-def load_model(ckpt: str | os.PathLike, predictor: str | os.PathLike | None = None, force: bool = False) -> LoadedModel:
-    """Checkpoint -> network, plus the predictor (refused if it was distilled for another checkpoint)."""
-    sha = file_sha256(ckpt)
-    net = build_model(load_checkpoint(ckpt))
+def load_model(
+    ckpt: str | os.PathLike, predictor: str | os.PathLike | None = None, allow_mismatch: bool = False
+) -> LoadedModel:
+    """Checkpoint -> network, plus the predictor (refused if it was distilled for another model)."""
+    checkpoint = load_checkpoint(ckpt)
+    sha = model_sha256(checkpoint)
+    net = build_model(checkpoint)
     if predictor is None:
         return LoadedModel(AMEDNetwork(net), sha)
-    bundle = load_predictor(predictor, checkpoint_sha256=sha, force=force)
+    bundle = load_predictor(
+        predictor, model_sha256=sha, checkpoint_sha256=file_sha256(ckpt), allow_mismatch=allow_mismatch
+    )
     return LoadedModel(AMEDNetwork(net, bundle.predictor, bundle.tap), sha, bundle)
 
 
@@ -62,10 +68,22 @@ def reference_sample(
     net = network.net
     if sampler.solver_config.uses_predictor and network.predictor is None:
         raise AmedError(f"solver {sampler.solver} needs a predictor (--predictor amed5.pt)")
+    spec = graph_spec(network, sampler if network.predictor is not None else None, "fp32", batch)
+    check_fits(spec, batch, torch.device(device))
     noise, labels = make_inputs(
         seed, batch, (net.img_channels, net.img_resolution, net.img_resolution), network.label_dim, classes
     )
     x0 = noise.to(device) * sampler.t_steps[0]
     labels_dev = None if labels is None else labels.to(device)
     x, _ = sample(TorchModel(network, labels_dev), x0, sampler.t_steps, sampler.solver_config)
+    check_finite(x, "the sampler")
     return x, labels
+
+
+def check_finite(images: Tensor, who: str) -> None:
+    """Non-finite images are an error on every path (an all-black PNG with exit 0 hides a broken model)."""
+    bad = int((~torch.isfinite(images)).sum())
+    if bad:
+        raise AmedError(
+            f"{who} produced {bad} NaN/inf values: the network overflows or its weights are damaged; nothing written"
+        )

@@ -23,6 +23,9 @@ from .checkpoint import Checkpoint, build_model, load_checkpoint, save_checkpoin
 from .errors import AmedError
 from .networks import build_network
 
+STATE_FILE, CHECKPOINT_FILE, BUNDLE_FILE = "train-state.pt", "edm.pt", "edm-fp16.safetensors"
+RUN_FILES = (STATE_FILE, CHECKPOINT_FILE, BUNDLE_FILE)  # what a run folder holds (rewritten as training goes)
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -96,7 +99,7 @@ def train(
     device = torch.device(device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    state_path = out / "train-state.pt"
+    state_path = out / STATE_FILE
     label_dim = labels.shape[1]
     kwargs = cfg.network_kwargs(images.shape[-1], images.shape[1], label_dim)
     torch.manual_seed(cfg.seed)  # weight init
@@ -169,8 +172,8 @@ def train(
         }
     }
     ckpt = Checkpoint("EDMPrecond", kwargs, {k: v.detach().cpu() for k, v in ema.state_dict().items()}, meta)
-    save_checkpoint(ckpt, out / "edm.pt")
-    save_checkpoint(ckpt, out / "edm-fp16.safetensors", dtype="fp16")
+    save_checkpoint(ckpt, out / CHECKPOINT_FILE)
+    save_checkpoint(ckpt, out / BUNDLE_FILE, dtype="fp16")
     return {
         "nimg": nimg,
         "steps": steps,

@@ -102,7 +102,7 @@ def main() -> None:
         """NFE-`nfe` RMSE against the reference on held-out noise, for predictor files and baselines."""
         cfgs, networks = {}, {}
         for name, file in files.items():
-            bundle = load_predictor(file, sha)
+            bundle = load_predictor(file, checkpoint_sha256=sha)
             cfgs[name], networks[name] = bundle.sampler, AMEDNetwork(net, bundle.predictor.to(args.device), bundle.tap)
         for solver in baselines:
             cfgs[solver] = baseline_sampler(net, solver, nfe, "polynomial", baseline_afs(solver, nfe))
@@ -119,7 +119,7 @@ def main() -> None:
         files: dict[str, Path | str] = {name: args.work / (name.replace("/", "--") + ".pt") for name in variants}
         for student in {name.split("/")[0] for name in variants}:  # the bundled one, if it fits this checkpoint
             shipped = assets.HERE / f"{student}5.pt"
-            if shipped.exists() and load_predictor(shipped, force=True).checkpoint_sha256 == sha:
+            if shipped.exists() and load_predictor(shipped, allow_mismatch=True).checkpoint_sha256 == sha:
                 files[f"shipped/{student}"] = shipped
         study["rmse"].update(rmse_of(files, BASELINES, 5))
         _save_json(state_path, study)
@@ -145,10 +145,10 @@ def main() -> None:
     if complete:
         study.setdefault("check", {})
         for path in sorted(final.glob("*.pt")):
-            nfe = load_predictor(path, sha).sampler.nfe
+            nfe = load_predictor(path, checkpoint_sha256=sha).sampler.nfe
             shipped = assets.HERE / path.name
             files = {"new": path}
-            if shipped.exists() and load_predictor(shipped, force=True).checkpoint_sha256 == sha:
+            if shipped.exists() and load_predictor(shipped, allow_mismatch=True).checkpoint_sha256 == sha:
                 files["shipped"] = shipped
             if path.stem not in study["check"]:
                 study["check"][path.stem] = rmse_of(files, ("ipndm",), nfe)

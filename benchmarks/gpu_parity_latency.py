@@ -20,7 +20,7 @@ import torch
 
 from amed_deploy.amed_network import AMEDNetwork
 from amed_deploy.bench import bench_sampler, random_cifar10
-from amed_deploy.checkpoint import Checkpoint, file_sha256, save_checkpoint
+from amed_deploy.checkpoint import Checkpoint, file_sha256, model_sha256, save_checkpoint
 from amed_deploy.predictor import AMEDPredictor
 from amed_deploy.predictor_file import PredictorBundle, save_predictor
 from amed_deploy.runtime import Sampler
@@ -53,12 +53,18 @@ def main() -> None:
     gpu = torch.cuda.get_device_name()
     net, kwargs = random_cifar10()
     ckpt = work / "edm.pt"
-    save_checkpoint(Checkpoint("EDMPrecond", kwargs, net.state_dict(), {}), ckpt)
+    checkpoint = Checkpoint("EDMPrecond", kwargs, net.state_dict(), {})
+    save_checkpoint(checkpoint, ckpt)
     torch.manual_seed(0)
     sampler = bench_sampler(5)
     network = AMEDNetwork(net, AMEDPredictor())
     pred = work / "amed5.pt"
-    save_predictor(pred, PredictorBundle(network.predictor, sampler, network.tap, file_sha256(ckpt)))
+    save_predictor(
+        pred,
+        PredictorBundle(
+            network.predictor, sampler, network.tap, file_sha256(ckpt), model_sha256=model_sha256(checkpoint)
+        ),
+    )
     batches = [int(b) for b in args.batches.split(",")]
     graphs = {}
     for precision in ("fp32", "fp16"):

@@ -37,7 +37,7 @@ from amed_deploy.evaluate import (
     trajectory_pca,
     write_json,
 )
-from amed_deploy.images import grid, save_png
+from amed_deploy.images import grid, save_image
 from amed_deploy.sampling import load_model, reference_sample
 
 
@@ -55,7 +55,7 @@ def sample_grid(network, cells, nfe: int, seed: int, device: str, path: Path) ->
     x, _ = reference_sample(network, ref, seed, n, classes, device)
     rows.append(x.cpu())
     names.append(f"EDM Heun ({ref.nfe})")
-    save_png(grid(torch.cat(rows), ncol=n, row_labels=names, scale=2), path)
+    save_image(grid(torch.cat(rows), ncol=n, row_labels=names, scale=2), path)
 
 
 def main() -> None:

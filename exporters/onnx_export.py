@@ -56,9 +56,11 @@ def export_onnx(
     checkpoint_sha256: str | None = None,
     predictor_sha256: str | None = None,
     check: bool = True,
+    overwrite: bool = True,
 ) -> ExportResult:
     """Export `network` (with or without predictor) to `out`; nothing is written unless every check
-    passes. `batch_range=(min, max)` makes the batch dimension dynamic with `batch` as the optimum."""
+    passes. `batch_range=(min, max)` makes the batch dimension dynamic with `batch` as the optimum;
+    `overwrite=False` refuses an existing `out` at the final, atomic rename."""
     if precision not in TOLERANCE:
         raise AmedError(f"precision must be fp32 or fp16, got {precision!r}")
     spec = graph_spec(network, sampler, precision, batch, batch_range, checkpoint_sha256, predictor_sha256)
@@ -74,12 +76,11 @@ def export_onnx(
     if check:
         errors = parity_errors(data, network, spec)
         bound = TOLERANCE[precision]
-        worst = max(errors.values())
-        if not np.isfinite(worst) or worst > bound:
+        if not all(np.isfinite(v) and v <= bound for v in errors.values()):
             raise AmedError(
                 f"exported graph disagrees with PyTorch: max abs errors {errors} exceed {bound}; nothing written"
             )
-    atomic_write_bytes(out, data)
+    atomic_write_bytes(out, data, overwrite=overwrite)
     return ExportResult(Path(out), spec, errors)
 
 
@@ -141,7 +142,10 @@ def _quiet_exporter_loggers() -> None:
 
 
 def parity_errors(data: bytes, network: AMEDNetwork, spec: GraphSpec) -> dict[str, float]:
-    """Max abs error of every output, ONNX Runtime (CPU) vs the fp32 PyTorch module, at several sigmas."""
+    """Max abs error of every output, ONNX Runtime (CPU) vs the fp32 PyTorch module, at several sigmas.
+
+    Non-finite outputs of either side are an error of their own: NaN compares false, so a max over
+    NaN errors would report 0 and pass a graph that outputs only NaN."""
     import onnxruntime as ort
 
     sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
@@ -153,5 +157,16 @@ def parity_errors(data: bytes, network: AMEDNetwork, spec: GraphSpec) -> dict[st
         with torch.no_grad():
             want = reference(*(v.float() if k == X else v for k, v in inputs.items()))
         for name, g, w in zip(errors, got, want):
+            if not torch.isfinite(w).all():
+                raise AmedError(
+                    f"the network's {name!r} output is NaN/inf on test inputs in PyTorch (damaged weights, or "
+                    "values beyond float range); nothing written"
+                )
+            if not np.isfinite(g).all():
+                raise AmedError(
+                    f"the exported graph's {name!r} output is NaN/inf on test inputs"
+                    + (" (fp16 overflow? export with --precision fp32)" if spec.precision == "fp16" else "")
+                    + "; nothing written"
+                )
             errors[name] = max(errors[name], float(np.abs(g.astype(np.float64) - w.double().numpy()).max()))
     return errors

@@ -26,6 +26,7 @@ from amed_deploy.atomic import atomic_write_bytes
 from amed_deploy.checkpoint import file_sha256
 from amed_deploy.errors import AmedError
 from amed_deploy.metadata import GraphSpec, spec_from_metadata_props
+from amed_deploy.outputs import same_file
 from amed_deploy.runtime.executor import io_shapes
 from amed_deploy.runtime.manifest import (
     HARDWARE_COMPATIBILITY,
@@ -69,8 +70,10 @@ def build_engine(
     hardware_compatibility: str | None = None,
     version_compatible: bool = False,
     batch_opt: int | None = None,
+    overwrite: bool = True,
 ) -> Manifest:
-    """Build a plan for the current GPU; write it and `<out>.json` atomically, only once it checks out."""
+    """Build a plan for the current GPU; write it and `<out>.json` atomically, only once it checks out
+    (`overwrite=False`: refuse existing files at the final rename)."""
     trt = import_tensorrt()  # before any work: without TensorRT nothing is read or written
     if not workspace_gib > 0:
         raise AmedError(f"workspace must be positive, got {workspace_gib} GiB")
@@ -81,8 +84,8 @@ def build_engine(
     if builder_optimization_level is not None and not 0 <= builder_optimization_level <= 5:
         raise AmedError(f"builder optimization level must be 0..5, got {builder_optimization_level}")
     onnx_path, out_path = Path(onnx_path), Path(out_path)
-    if out_path.resolve() == onnx_path.resolve():
-        raise AmedError(f"refusing to overwrite the ONNX graph {onnx_path} with the plan")
+    if same_file(out_path, onnx_path) or same_file(manifest_path_for(out_path), onnx_path):
+        raise AmedError(f"refusing to overwrite the ONNX graph {onnx_path} with the plan or its manifest")
     spec = onnx_graph_spec(onnx_path)
     profile = profile_shapes(spec, batch_opt)
     if batch_opt is not None:
@@ -156,8 +159,8 @@ def build_engine(
     )
     if timing_cache is not None:
         atomic_write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
-    atomic_write_bytes(out_path, data)
-    write_manifest(manifest_path_for(out_path), manifest)
+    atomic_write_bytes(out_path, data, overwrite=overwrite)
+    write_manifest(manifest_path_for(out_path), manifest, overwrite=overwrite)
     return manifest
 
 
@@ -165,7 +168,7 @@ def build_command_impl(onnx: str | os.PathLike, out: str | os.PathLike, **option
     """What `amed-deploy build` runs: build, then a short summary for the terminal.
 
     options are build_engine's keyword arguments (workspace_gib, timing_cache, builder_optimization_level,
-    hardware_compatibility, version_compatible, batch_opt).
+    hardware_compatibility, version_compatible, batch_opt, overwrite).
     """
     m = build_engine(onnx, out, **options)
     spec = m.spec

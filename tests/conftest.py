@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from amed_deploy.checkpoint import Checkpoint, file_sha256, save_checkpoint
+from amed_deploy.checkpoint import Checkpoint, file_sha256, load_checkpoint, model_sha256, save_checkpoint
 from amed_deploy.distill import DistillConfig, distill
 from amed_deploy.networks import build_network, randomize_
 from amed_deploy.predictor_file import PredictorBundle, save_predictor
@@ -50,12 +50,15 @@ def tiny_ckpt(workdir) -> Path:
 @pytest.fixture(scope="session")
 def distilled(workdir, tiny_ckpt):
     """(network with trained predictor, sampler config, losses, predictor path)."""
-    from amed_deploy.checkpoint import build_model, load_checkpoint
+    from amed_deploy.checkpoint import build_model
 
-    net = build_model(load_checkpoint(tiny_ckpt))
+    ckpt = load_checkpoint(tiny_ckpt)
+    net = build_model(ckpt)
     network, sampler, losses = distill(net, TINY_DISTILL, progress=False)
     path = workdir / "amed5.pt"
-    save_predictor(path, PredictorBundle(network.predictor, sampler, network.tap, file_sha256(tiny_ckpt)))
+    sha = model_sha256(ckpt)
+    bundle = PredictorBundle(network.predictor, sampler, network.tap, file_sha256(tiny_ckpt), model_sha256=sha)
+    save_predictor(path, bundle)
     return network, sampler, losses, path
 
 
@@ -72,7 +75,7 @@ def amed_onnx(workdir, tiny_ckpt, distilled) -> Path:
         sampler=sampler,
         batch=4,
         batch_range=(1, 8),
-        checkpoint_sha256=file_sha256(tiny_ckpt),
+        checkpoint_sha256=model_sha256(load_checkpoint(tiny_ckpt)),
         predictor_sha256=file_sha256(pred_path),
     )
     return out

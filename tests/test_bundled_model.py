@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from click.testing import CliRunner
@@ -19,10 +21,12 @@ pytestmark = pytest.mark.skipif(bool(assets.missing()), reason="bundled demo fil
 
 def test_bundle_is_small_and_predictors_are_bound_to_it():
     assert assets.MODEL.stat().st_size < 20e6
-    sha = file_sha256(assets.MODEL)
+    from amed_deploy.checkpoint import load_checkpoint, model_sha256
+
+    sha = model_sha256(load_checkpoint(assets.MODEL))
     for solver, files in (("amed", assets.PREDICTORS), ("amed_ipndm", assets.PLUGIN_PREDICTORS)):
         for nfe, path in files.items():
-            bundle = load_predictor(path, checkpoint_sha256=sha)  # refuses a mismatch
+            bundle = load_predictor(path, model_sha256=sha)  # refuses a mismatch
             assert bundle.sampler.nfe == nfe and bundle.sampler.solver == solver
 
 
@@ -45,10 +49,54 @@ def test_amed5_is_close_to_the_accurate_solution():
 
 
 def test_demo_command_writes_a_labelled_grid(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+    """The grid lands where asked; the cached graph goes to the cache folder, not the working directory."""
+    from amed_deploy import demo
+
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(demo, "cache_folder", lambda: cache)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
     res = CliRunner().invoke(main, ["demo", "--out", "samples.png"])
     assert res.exit_code == 0, res.output
     assert "samples.png" in res.output
-    img = Image.open(tmp_path / "samples.png")
+    img = Image.open(work / "samples.png")
     assert img.height >= len(CLASS_NAMES) * 32
-    assert (tmp_path / "engines" / "demo-amed5.onnx").exists()
+    assert sorted(p.name for p in work.iterdir()) == ["samples.png"]
+    graph = cache / "demo-amed5.onnx"
+    stamp = graph.stat().st_mtime_ns
+    # a second run needs --force for its own output, and reuses the cached graph
+    res = CliRunner().invoke(main, ["demo", "--out", "samples.png"])
+    assert res.exit_code == 2 and "already exists" in res.output
+    assert CliRunner().invoke(main, ["demo", "--out", "samples.png", "--force"]).exit_code == 0
+    assert graph.stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize("damage", ["garbage", "other-batch"])
+def test_demo_rebuilds_a_cached_graph_that_is_not_its_own(tmp_path, damage):
+    """An unreadable cache, or a graph of another batch size under the demo's name, is re-exported."""
+    from amed_deploy import demo
+    from amed_deploy.metadata import GraphSpec
+
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    graph = folder / "demo-amed5.onnx"
+    if damage == "garbage":
+        graph.write_bytes(b"not an onnx file")
+    else:
+        import onnx
+
+        onnx_path = demo.demo_graph(folder)
+        model = onnx.load(onnx_path)
+        prop = next(p for p in model.metadata_props if p.key == "amed_deploy")
+        spec = GraphSpec.from_json(prop.value)
+        prop.value = dataclasses.replace(spec, batch_min=1, batch_opt=1, batch_max=1).to_json()
+        onnx.save(model, graph)
+    demo.demo_graph(folder)
+    assert demo._cached_graph_matches(graph, *_demo_hashes(), 5)
+
+
+def _demo_hashes() -> tuple[str, str]:
+    from amed_deploy.checkpoint import load_checkpoint, model_sha256
+
+    return model_sha256(load_checkpoint(assets.MODEL)), file_sha256(assets.PREDICTORS[5])

@@ -178,3 +178,15 @@ def test_predictor_for_another_checkpoint_is_refused(tmp_path, distilled):
 def test_baseline_sampler_grid():
     cfg = baseline_sampler(tiny_net(), "dpmpp3m", 5)
     assert cfg.num_points == 6 and cfg.schedule == "polynomial"
+
+
+def test_cli_distill_time_budget_keeps_what_was_learned(tmp_path, tiny_ckpt):
+    """--minutes stops after the first batch that passes the budget and says so; the estimate is printed."""
+    pred = tmp_path / "p.pt"
+    args = ["distill", "--ckpt", str(tiny_ckpt), "--nfe", "3", "--batch", "4", "--kimg", "0.4", "--out", str(pred)]
+    res = CliRunner().invoke(main, [*args, "--minutes", "0.0001", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert "distill: 100 batches of 4" in res.output and "stopping after --minutes" in res.output
+    assert "trained 0.004 of 0.4 kimg" in res.output
+    record = torch.load(pred, weights_only=True)["training"]
+    assert record["batches_trained"] == 1 and record["kimg_trained"] == 0.004

@@ -47,7 +47,7 @@ def predictor_file(tmp_path_factory, tiny_ckpt):
     """An (untrained) AMED-Solver NFE 5 predictor for the tiny checkpoint: evaluation does not care
     how good it is, and training one would cost seconds."""
     from amed_deploy.amed_network import default_tap
-    from amed_deploy.checkpoint import build_model, file_sha256, load_checkpoint
+    from amed_deploy.checkpoint import build_model, file_sha256, load_checkpoint, model_sha256
     from amed_deploy.distill import DistillConfig, sampler_for
     from amed_deploy.predictor import AMEDPredictor, PredictorConfig
     from amed_deploy.predictor_file import PredictorBundle, save_predictor
@@ -59,6 +59,7 @@ def predictor_file(tmp_path_factory, tiny_ckpt):
         sampler_for(net, DistillConfig(nfe=5)),
         default_tap(net),
         file_sha256(tiny_ckpt),
+        model_sha256=model_sha256(load_checkpoint(tiny_ckpt)),
     )
     path = tmp_path_factory.mktemp("pred") / "amed5.pt"
     save_predictor(path, bundle)
@@ -160,7 +161,7 @@ def test_baseline_afs_rule():
 
 
 def test_plan_cells_and_predictors(network, tmp_path, predictor_file, tiny_ckpt):
-    from amed_deploy.checkpoint import file_sha256
+    from amed_deploy.checkpoint import load_checkpoint, model_sha256
 
     pred_path, sampler = predictor_file  # AMED-Solver, NFE 5
     (tmp_path / "amed5.pt").write_bytes(pred_path.read_bytes())
@@ -168,7 +169,8 @@ def test_plan_cells_and_predictors(network, tmp_path, predictor_file, tiny_ckpt)
     assert found == {("amed", 5): tmp_path / "amed5.pt"}
     with pytest.raises(Exception, match="nfe"):
         find_predictors(["amed.pt"], [5])
-    cells = plan_cells(network, file_sha256(tiny_ckpt), ["heun", "euler", "amed"], [1, 3, 5], found)
+    sha = model_sha256(load_checkpoint(tiny_ckpt))
+    cells = plan_cells(network, sha, ["heun", "euler", "amed"], [1, 3, 5], found)
     by = {(c.solver, c.nfe): c for c in cells}
     assert by[("heun", 3)].cfg.afs and by[("heun", 3)].cfg.num_points == 3
     assert not by[("euler", 3)].cfg.afs and by[("euler", 3)].cfg.schedule == "polynomial"

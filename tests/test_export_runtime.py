@@ -27,7 +27,7 @@ def _ref_error(images, ref):
 
 
 def test_graph_io_and_metadata_round_trip(amed_onnx, distilled, tiny_ckpt):
-    from amed_deploy.checkpoint import file_sha256
+    from amed_deploy.checkpoint import file_sha256, load_checkpoint, model_sha256
 
     network, sampler, _, pred = distilled
     model = onnx.load(amed_onnx)
@@ -41,7 +41,8 @@ def test_graph_io_and_metadata_round_trip(amed_onnx, distilled, tiny_ckpt):
     spec = GraphSpec.from_json({p.key: p.value for p in model.metadata_props}[METADATA_KEY])
     assert spec.sampler == sampler and spec.kind == "amed" and spec.tap == network.tap
     assert (spec.batch_min, spec.batch_opt, spec.batch_max) == (1, 4, 8)
-    assert spec.checkpoint_sha256 == file_sha256(tiny_ckpt) and spec.predictor_sha256 == file_sha256(pred)
+    assert spec.checkpoint_sha256 == model_sha256(load_checkpoint(tiny_ckpt))
+    assert spec.predictor_sha256 == file_sha256(pred)
     assert spec.image_shape == (1, 16, 16) and spec.label_dim == 3
     r, c, a = network.predictor(None, torch.tensor([sampler.t_steps[0]]), torch.tensor([sampler.t_steps[1]]))
     assert spec.afs_rca == pytest.approx((r.item(), c.item(), a.item()))
@@ -183,9 +184,8 @@ def test_cli_export_and_run(tmp_path, tiny_ckpt, distilled):
     *_, pred = distilled
     runner = CliRunner()
     onnx_path = tmp_path / "engines" / "amed5.onnx"
-    res = runner.invoke(
-        main, ["export", "--ckpt", str(tiny_ckpt), "--predictor", str(pred), "--out", str(onnx_path), "--batch", "2"]
-    )
+    args = ["export", "--ckpt", str(tiny_ckpt), "--predictor", str(pred), "--out", str(onnx_path)]
+    res = runner.invoke(main, [*args, "--batch", "2", "--fixed-batch"])
     assert res.exit_code == 0, res.output
     assert "max abs error" in res.output and onnx_path.exists()
     png, npz = tmp_path / "s.png", tmp_path / "s.npz"

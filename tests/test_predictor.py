@@ -134,7 +134,7 @@ def test_predictor_file_round_trip_and_checkpoint_binding(tmp_path):
     assert loaded.sampler == sampler and loaded.tap == "enc.8x8_block0"
     with pytest.raises(AmedError, match="distilled for checkpoint"):
         load_predictor(path, checkpoint_sha256="cd" * 32)
-    assert load_predictor(path, checkpoint_sha256="cd" * 32, force=True).tap == "enc.8x8_block0"
+    assert load_predictor(path, checkpoint_sha256="cd" * 32, allow_mismatch=True).tap == "enc.8x8_block0"
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(AmedError, match="not a readable predictor"):
         load_predictor(path)

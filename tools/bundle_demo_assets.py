@@ -3,9 +3,11 @@
     python tools/bundle_demo_assets.py --model run/edm-fp16.safetensors --predictors run/pred/
 
 The predictors were distilled against the fp32 EMA checkpoint (`edm.pt`); the bundle ships its
-fp16 rounding (`edm-fp16.safetensors`, half the size). Each predictor is re-bound to the bundled
-file's SHA-256 and records the checkpoint it was distilled against under
-training["distilled_against_sha256"], so the binding stays honest and checkable.
+fp16 rounding (`edm-fp16.safetensors`, half the size), which is a (slightly) different model. Each
+predictor is re-bound to the bundled model: its model_sha256 and file sha256 become the bundled
+model's, and the originals are recorded under training["distilled_against_model_sha256"] /
+["distilled_against_sha256"], so the binding stays honest and checkable. To only add model hashes
+to predictors already bound to a file, use tools/relabel_predictors.py.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import shutil
 from pathlib import Path
 
 from amed_deploy import assets
-from amed_deploy.checkpoint import file_sha256
+from amed_deploy.checkpoint import file_sha256, load_checkpoint, model_sha256
 from amed_deploy.predictor_file import load_predictor, save_predictor
 
 
@@ -26,14 +28,21 @@ def main() -> None:
     args = ap.parse_args()
     shutil.copyfile(args.model, assets.MODEL)
     sha = file_sha256(assets.MODEL)
+    model_hash = model_sha256(load_checkpoint(assets.MODEL, dtype=None))
     for src in sorted(args.predictors.glob("amed*.pt")):
-        bundle = load_predictor(src, force=True)
+        bundle = load_predictor(src, allow_mismatch=True)
         if bundle.checkpoint_sha256 != sha:
             bundle.training["distilled_against_sha256"] = bundle.checkpoint_sha256
             bundle.checkpoint_sha256 = sha
+        if bundle.model_sha256 is not None and bundle.model_sha256 != model_hash:
+            bundle.training["distilled_against_model_sha256"] = bundle.model_sha256
+        bundle.model_sha256 = model_hash
         save_predictor(assets.HERE / src.name, bundle)
         print(f"bundled {src.name}: {bundle.sampler.solver} NFE {bundle.sampler.nfe}")
-    print(f"bundled {assets.MODEL.name} ({assets.MODEL.stat().st_size / 1e6:.1f} MB, sha256 {sha[:12]}...)")
+    print(
+        f"bundled {assets.MODEL.name} ({assets.MODEL.stat().st_size / 1e6:.1f} MB, file sha256 {sha[:12]}..., "
+        f"model sha256 {model_hash[:12]}...)"
+    )
 
 
 if __name__ == "__main__":

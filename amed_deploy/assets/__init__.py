@@ -1,4 +1,5 @@
-"""Files bundled with the package: the demo model and its predictors."""
+"""Files bundled with the package: the demo model and its predictors, also reachable by short names
+(`fashion-mnist`, `amed5`, `amed_ipndm5`, ...) wherever a command takes a checkpoint or predictor."""
 
 from __future__ import annotations
 
@@ -6,8 +7,25 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 MODEL = HERE / "fashion_mnist_edm.safetensors"
-PREDICTORS = {nfe: HERE / f"amed{nfe}.pt" for nfe in (3, 5, 7, 9)}  # AMED-Solver
-PLUGIN_PREDICTORS = {nfe: HERE / f"amed_ipndm{nfe}.pt" for nfe in (3, 5, 7, 9)}  # AMED-Plugin on iPNDM
+NFES = (3, 5, 7, 9)
+PREDICTORS = {nfe: HERE / f"amed{nfe}.pt" for nfe in NFES}  # AMED-Solver
+PLUGIN_PREDICTORS = {nfe: HERE / f"amed_ipndm{nfe}.pt" for nfe in NFES}  # AMED-Plugin on iPNDM
+MODEL_NAME = "fashion-mnist"
+
+
+def names() -> dict[str, Path]:
+    """Short name -> bundled file, model first."""
+    files = {MODEL_NAME: MODEL}
+    files.update({p.stem: p for p in (*PREDICTORS.values(), *PLUGIN_PREDICTORS.values())})
+    return files
+
+
+def resolve(name: str | Path) -> Path:
+    """An existing file (or any path-like name) as given; otherwise a bundled file's short name."""
+    path = Path(name)
+    if path.exists() or str(name) not in names():
+        return path
+    return names()[str(name)]
 
 
 def missing() -> list[str]:

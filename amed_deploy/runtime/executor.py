@@ -58,8 +58,12 @@ def image_dtype(spec: GraphSpec) -> torch.dtype:
 
 
 def allocate(spec: GraphSpec, batch: int, device: torch.device) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """Preallocate every I/O buffer of a graph for `batch` on `device`."""
+    """Preallocate every I/O buffer of a graph for `batch` on `device`, after checking that the batch is
+    in the graph's range and that it fits in the device's memory (an OOM kill says nothing)."""
+    from .memory import check_fits  # memory imports this module
+
     spec.check_batch(batch)
+    check_fits(spec, batch, device)
     ins, outs = io_shapes(spec, batch)
     img = image_dtype(spec)
 

@@ -19,13 +19,25 @@ from pathlib import Path
 from ..atomic import atomic_write_bytes
 from ..checkpoint import file_sha256
 from ..errors import AmedError
-from ..metadata import GraphSpec
+from ..metadata import (
+    MAX_BATCH,
+    FieldError,
+    GraphSpec,
+    check_nesting,
+    strict_bool,
+    strict_int,
+    strict_list,
+    strict_str,
+)
 from .executor import DENOISED, X, io_shapes
 
 SCHEMA = "amed-deploy/trt-manifest"
 SCHEMA_VERSION = 1
 HARDWARE_COMPATIBILITY = ("ampere_plus", "same_cc")
 REBUILD = "rebuild with amed-deploy build"
+MAX_PLAN_BYTES = 2**40  # 1 TiB: no real plan comes near
+MAX_IO_TENSORS = 64  # a graph has at most 8
+MAX_RANK = 8
 
 
 @dataclass
@@ -58,10 +70,10 @@ def manifest_path_for(plan_path: str | os.PathLike) -> Path:
     return Path(str(plan_path) + ".json")
 
 
-def write_manifest(path: str | os.PathLike, m: Manifest) -> None:
+def write_manifest(path: str | os.PathLike, m: Manifest, *, overwrite: bool = True) -> None:
     """Write atomically, so a crash never leaves a half manifest next to a good plan."""
     text = json.dumps(m.to_dict(), indent=2, sort_keys=True) + "\n"
-    atomic_write_bytes(path, text.encode())
+    atomic_write_bytes(path, text.encode(), overwrite=overwrite)
 
 
 def read_manifest(path: str | os.PathLike) -> Manifest:
@@ -77,7 +89,9 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
         raise AmedError(f"engine manifest {path} is empty: {REBUILD}")
     try:
         d = json.loads(text)
-    except json.JSONDecodeError as e:
+    except RecursionError:
+        raise AmedError(f"engine manifest {path} is nested too deeply: {REBUILD}") from None
+    except ValueError as e:  # JSONDecodeError, and ints over Python's 4300-digit limit
         raise AmedError(f"engine manifest {path} is not valid JSON ({e}): {REBUILD}") from None
     try:
         return _from_dict(d)
@@ -88,35 +102,91 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
 def _from_dict(d: object) -> Manifest:
     if not isinstance(d, dict):
         raise AmedError("not a JSON object")
+    check_nesting(d, "the manifest")
     if d.get("schema") != SCHEMA:
         raise AmedError(f"schema is {d.get('schema')!r}, expected {SCHEMA!r}")
-    if d.get("schema_version") != SCHEMA_VERSION:
-        raise AmedError(f"schema version {d.get('schema_version')!r} is not supported (supports {SCHEMA_VERSION})")
+    version = d.get("schema_version")
+    if type(version) is not int or version != SCHEMA_VERSION:  # not True, not 1.0
+        raise AmedError(f"schema version {version!r} is not supported (supports {SCHEMA_VERSION})")
     names = {f.name for f in fields(Manifest)}
     missing = sorted(n for n in names if n not in d)
     if missing:
         raise AmedError(f"missing fields {missing}")
-    m = Manifest(**{n: d[n] for n in names})
+    try:
+        m = Manifest(
+            plan_sha256=_sha256(d["plan_sha256"], "plan_sha256"),
+            plan_bytes=strict_int(d["plan_bytes"], "plan_bytes", 1, MAX_PLAN_BYTES),
+            tensorrt_version=strict_str(d["tensorrt_version"], "tensorrt_version"),
+            gpu_name=strict_str(d["gpu_name"], "gpu_name"),
+            compute_capability=strict_str(d["compute_capability"], "compute_capability"),
+            hardware_compatibility=d["hardware_compatibility"],
+            version_compatible=strict_bool(d["version_compatible"], "version_compatible"),
+            io=_io_list(d["io"]),
+            profile=_profile(d["profile"]),
+            onnx_sha256=None if d["onnx_sha256"] is None else _sha256(d["onnx_sha256"], "onnx_sha256"),
+            built_at=strict_str(d["built_at"], "built_at"),
+            graph=d["graph"],
+        )
+    except FieldError as e:
+        raise AmedError(f"malformed fields (wrong types or values): {e}") from None
     ok = (
-        isinstance(m.plan_sha256, str)
-        and re.fullmatch(r"[0-9a-f]{64}", m.plan_sha256)
-        and isinstance(m.plan_bytes, int)
-        and m.plan_bytes > 0
-        and isinstance(m.tensorrt_version, str)
-        and _version_tuple(m.tensorrt_version)
-        and isinstance(m.gpu_name, str)
+        _version_tuple(m.tensorrt_version)
         and _cc_tuple(m.compute_capability)
         and m.hardware_compatibility in (None, *HARDWARE_COMPATIBILITY)
-        and isinstance(m.version_compatible, bool)
-        and isinstance(m.io, list)
-        and all(isinstance(t, dict) and {"name", "mode", "dtype", "shape"} <= t.keys() for t in m.io)
-        and isinstance(m.profile, dict)
         and isinstance(m.graph, dict)
     )
     if not ok:
         raise AmedError("malformed fields (wrong types or values)")
     GraphSpec.from_dict(m.graph)  # validate the graph record now rather than at first use
     return m
+
+
+def _sha256(value: object, name: str) -> str:
+    text = strict_str(value, name)
+    if not re.fullmatch(r"[0-9a-f]{64}", text):
+        raise FieldError(f"{name} must be 64 lowercase hex digits")
+    return text
+
+
+def _shape(value: object, name: str, lo: int) -> list[int]:
+    """A tensor shape: dims lo..MAX_BATCH (-1 marks a dynamic dimension in an engine's I/O list)."""
+    dims = strict_list(value, name)
+    if len(dims) > MAX_RANK:
+        raise FieldError(f"{name} has rank {len(dims)}, at most {MAX_RANK}")
+    return [strict_int(v, name, lo, MAX_BATCH) for v in dims]
+
+
+def _io_list(value: object) -> list[dict]:
+    entries = strict_list(value, "io")
+    if len(entries) > MAX_IO_TENSORS:
+        raise FieldError(f"io lists {len(entries)} tensors, at most {MAX_IO_TENSORS}")
+    return [_io_entry(t) for t in entries]
+
+
+def _io_entry(t: object) -> dict:
+    if not isinstance(t, dict) or not {"name", "mode", "dtype", "shape"} <= t.keys():
+        raise FieldError("an io entry must be an object with name, mode, dtype and shape")
+    name = strict_str(t["name"], "io name")
+    mode = strict_str(t["mode"], f"io {name!r} mode")
+    if mode not in ("input", "output"):
+        raise FieldError(f"io {name!r} mode must be input or output, got {mode!r}")
+    return {
+        **t,
+        "name": name,
+        "mode": mode,
+        "dtype": strict_str(t["dtype"], f"io {name!r} dtype"),
+        "shape": _shape(t["shape"], f"io {name!r} shape", -1),
+    }
+
+
+def _profile(value: object) -> dict[str, list[list[int]]]:
+    """{input: [min, opt, max] shapes}."""
+    if not isinstance(value, dict) or len(value) > MAX_IO_TENSORS:
+        raise FieldError("profile must be an object of input name -> [min, opt, max] shapes")
+    return {
+        name: [_shape(s, f"profile {name!r}", 1) for s in strict_list(shapes, f"profile {name!r}", 3)]
+        for name, shapes in value.items()
+    }
 
 
 def check_manifest(

@@ -11,7 +11,7 @@ import torch
 
 from ..errors import AmedError
 from ..metadata import GraphSpec, spec_from_metadata_props
-from .executor import CUDA_SETUP_LOCK, SIGMA, SIGMA_NEXT, allocate, image_dtype
+from .executor import CUDA_SETUP_LOCK, DENOISED, SIGMA, SIGMA_NEXT, X, allocate, image_dtype, io_shapes
 
 _ORT_TYPES = {torch.float32: "tensor(float)", torch.float16: "tensor(float16)"}
 _NP_TYPES = {torch.float32: np.float32, torch.float16: np.float16}
@@ -80,8 +80,10 @@ class OnnxExecutor:
         self.spec = read_spec(self.session, str(path))
         if image_dtype(self.spec) not in _ORT_TYPES:
             raise AmedError(f"{path}: {self.spec.precision} graphs are not supported by ONNX Runtime here")
-        self.inputs, self.outputs = allocate(self.spec, self.spec.batch_opt if batch is None else batch, self.device)
-        self._check_signature(path)
+        batch = self.spec.batch_opt if batch is None else batch
+        self.spec.check_batch(batch)
+        self._check_signature(path, batch)  # before allocating: the buffers' sizes come from the metadata
+        self.inputs, self.outputs = allocate(self.spec, batch, self.device)
         self.cuda_graph = cuda_graph
         self.binding = self.session.io_binding()
         for group, bind in ((self.inputs, self.binding.bind_input), (self.outputs, self.binding.bind_output)):
@@ -118,13 +120,47 @@ class OnnxExecutor:
                 "PyTorch or TensorRT executor, whose whole-loop CUDA graph works"
             ) from None
 
-    def _check_signature(self, path: str | os.PathLike) -> None:
-        have = {a.name: a.type for a in [*self.session.get_inputs(), *self.session.get_outputs()]}
-        for name, t in [*self.inputs.items(), *self.outputs.items()]:
-            if have.get(name) != _ORT_TYPES[t.dtype]:
+    def _check_signature(self, path: str | os.PathLike, batch: int) -> None:
+        """The metadata must describe the graph it sits in: same I/O names, dtypes and shapes.
+
+        Metadata can be edited without touching the graph; a static-batch graph whose record claims a
+        batch range of 1e9 would otherwise size buffers (and the memory check) from the claim."""
+        ins, outs = io_shapes(self.spec, batch)
+        img = _ORT_TYPES[image_dtype(self.spec)]
+        for kind, expected, args in (
+            ("input", ins, self.session.get_inputs()),
+            ("output", outs, self.session.get_outputs()),
+        ):
+            have = {a.name: a for a in args}
+            if set(have) != set(expected):
                 raise AmedError(
-                    f"{path}: graph I/O {name!r} is {have.get(name, 'missing')}, metadata implies {_ORT_TYPES[t.dtype]}"
+                    f"{path}: metadata and graph disagree: graph {kind}s are {sorted(have)}, "
+                    f"metadata implies {sorted(expected)}"
                 )
+            for name, shape in expected.items():
+                dtype = img if name in (X, DENOISED) else _ORT_TYPES[torch.float32]
+                if have[name].type != dtype:
+                    raise AmedError(f"{path}: graph I/O {name!r} is {have[name].type}, metadata implies {dtype}")
+                self._check_shape(path, name, have[name].shape, shape)
+
+    def _check_shape(self, path: str | os.PathLike, name: str, real: object, shape: tuple[int, ...]) -> None:
+        spec = self.spec
+        claim = f"metadata says {spec.image_shape} images, label_dim {spec.label_dim}"
+        if not isinstance(real, (list, tuple)) or len(real) != len(shape):
+            raise AmedError(f"{path}: metadata and graph disagree: graph I/O {name!r} has shape {real}, {claim}")
+        dims = [d if isinstance(d, int) else None for d in real]  # symbolic dims: str or None
+        if dims[1:] != list(shape[1:]):
+            raise AmedError(
+                f"{path}: metadata and graph disagree: graph I/O {name!r} has shape {list(real)}, "
+                f"expected {list(shape)} ({claim})"
+            )
+        static = dims[0]
+        if static is not None and not (static == shape[0] == spec.batch_min == spec.batch_max):
+            raise AmedError(
+                f"{path}: metadata and graph disagree: graph I/O {name!r} has the real shape {list(real)} "
+                f"(static batch {static}), but the metadata claims batch range {spec.batch_min}..{spec.batch_max} "
+                f"and batch {shape[0]} was requested; re-export the graph"
+            )
 
     def run(self) -> None:
         if self.device.type == "cuda" and self.cuda_graph:

@@ -20,9 +20,10 @@ from torch import Tensor
 
 from ..amed_network import graph_spec
 from ..config import SamplerConfig, sigma_range
+from ..devices import resolve_device
 from ..errors import AmedError
 from ..metadata import GraphSpec
-from ..noise import make_inputs
+from ..noise import as_int, make_inputs
 from ..solvers import Evaluation, canonical_solver, sample
 from .executor import CUDA_SETUP_LOCK, DENOISED, LABELS, SIGMA, SIGMA_NEXT, A, C, Executor, R, X
 
@@ -104,26 +105,33 @@ class Sampler:
         predictor: str | os.PathLike | None = None,
         solver: str | None = None,
         nfe: int | None = None,
-        schedule: str = "polynomial",
-        afs: bool = False,
-        precision: str = "fp32",
+        schedule: str | None = None,
+        afs: bool | None = None,
+        precision: str | None = None,
         cuda_graph: bool = False,
-        force: bool = False,
+        ignore_checkpoint_mismatch: bool = False,
         compile: bool = False,
         provider_options: dict[str, str] | None = None,
     ) -> Sampler:
         """Open a `.plan` (TensorRT + manifest), an `.onnx` (ONNX Runtime), or a checkpoint
-        (`.pt`/`.safetensors`/`.pkl`, PyTorch, with --predictor for AMED). `solver`/`nfe` choose a
-        training-free solver on a plain denoiser graph; an AMED graph fixes its own. A checkpoint runs
-        in `precision` fp32, fp16 or bf16, with `compile` through torch.compile; `provider_options`
-        tune an `.onnx` file's ONNX Runtime CUDA provider."""
+        (`.pt`/`.safetensors`/`.pkl`, PyTorch, with `predictor` for AMED). `solver`/`nfe` (and
+        `schedule`, `afs`) choose a training-free solver on a plain denoiser; an AMED graph fixes its
+        own. A checkpoint runs in `precision` fp32 (default), fp16 or bf16, with `compile` through
+        torch.compile; `provider_options` tune an `.onnx` file's ONNX Runtime CUDA provider.
+        An option that does not apply to the file or device is refused, never ignored."""
         path = Path(path)
-        dev = torch.device(device) if device is not None else _default_device()
+        dev = resolve_device(device)
         suffix = path.suffix.lower()
-        if compile and suffix not in CHECKPOINT_SUFFIXES:
-            raise AmedError("compile applies to the PyTorch executor: load a checkpoint, not a .onnx or .plan")
-        if provider_options and suffix != ".onnx":
-            raise AmedError("provider_options apply to ONNX Runtime: load a .onnx file")
+        if batch is not None:
+            batch = as_int(batch, "batch")
+            if batch < 1:
+                raise AmedError(f"batch must be >= 1, got {batch}")
+        _refuse_inapplicable(suffix, dev, predictor, precision, ignore_checkpoint_mismatch, compile, provider_options)
+        if cuda_graph and dev.type != "cuda":
+            raise AmedError("cuda_graph (--cuda-graph) records the loop on a CUDA GPU; this sampler runs on the CPU")
+        if solver is None and (schedule is not None or afs is not None):
+            raise AmedError("schedule and afs choose the time points of a --solver; pass a solver too")
+        schedule, afs = schedule or "polynomial", bool(afs)
         if suffix == ".onnx":
             from .onnx_executor import OnnxExecutor
 
@@ -132,12 +140,11 @@ class Sampler:
             from .trt_executor import TRTExecutor
 
             executor = TRTExecutor.open(path, batch, dev)
-        elif suffix in CHECKPOINT_SUFFIXES:
-            executor = _torch_executor(
-                path, predictor, batch or 1, dev, precision, solver, nfe, schedule, afs, force, compile
-            )
         else:
-            raise AmedError(f"{path}: unknown file type {suffix!r}; expected .plan, .onnx or a checkpoint (.pt)")
+            executor = _torch_executor(
+                path, predictor, 1 if batch is None else batch, dev, precision or "fp32", solver, nfe, schedule, afs,
+                ignore_checkpoint_mismatch, compile,
+            )  # fmt: skip
         return cls(executor, resolve_sampler(executor.spec, solver, nfe, schedule, afs), cuda_graph=cuda_graph)
 
     def sample(
@@ -238,11 +245,41 @@ def resolve_sampler(
     return cfg
 
 
-def _torch_executor(path, predictor, batch, dev, precision, solver, nfe, schedule, afs, force, compile) -> Executor:
+def _refuse_inapplicable(
+    suffix: str,
+    dev: torch.device,
+    predictor: object,
+    precision: str | None,
+    ignore_checkpoint_mismatch: bool,
+    compile: bool,
+    provider_options: dict[str, str] | None,
+) -> None:
+    """Options meant for another kind of file are an error: silently ignoring them hides a mistake."""
+    if suffix not in (".onnx", ".plan", *CHECKPOINT_SUFFIXES):
+        raise AmedError(
+            f"unknown file type {suffix!r}; expected .plan, .onnx or a checkpoint (.pt, .safetensors, .pkl)"
+        )
+    if suffix in (".onnx", ".plan"):
+        graph = "an exported graph" if suffix == ".onnx" else "a TensorRT plan"
+        for given, what in (
+            (predictor is not None, "predictor (--predictor): the graph already contains its predictor"),
+            (precision is not None, "precision: the graph's precision was fixed at export"),
+            (ignore_checkpoint_mismatch, "ignore_checkpoint_mismatch: it pairs a predictor with a checkpoint"),
+            (compile, "compile applies to the PyTorch executor: load a checkpoint"),
+        ):
+            if given:
+                raise AmedError(f"{what}; not applicable to {graph}")
+    if provider_options and suffix != ".onnx":
+        raise AmedError("provider_options apply to ONNX Runtime: load a .onnx file")
+    if provider_options and dev.type != "cuda":
+        raise AmedError("provider_options configure ONNX Runtime's CUDA provider; this session runs on the CPU")
+
+
+def _torch_executor(path, predictor, batch, dev, precision, solver, nfe, schedule, afs, mismatch, compile) -> Executor:
     from ..sampling import load_model
     from .torch_executor import TorchExecutor
 
-    loaded = load_model(path, predictor, force=force)
+    loaded = load_model(path, predictor, allow_mismatch=mismatch)
     own = loaded.bundle.sampler if loaded.bundle else None
     if own is None and solver is not None and nfe is not None:
         lo, hi = sigma_range(loaded.network.net)
@@ -261,7 +298,3 @@ def _is_device_fault(e: Exception) -> bool:
     return isinstance(e, RuntimeError) and any(
         key in text for key in ("CUDA error", "CUDA driver error", "cudaError", "CUBLAS_STATUS", "CUDNN_STATUS")
     )
-
-
-def _default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
