@@ -6,7 +6,9 @@ AmedError for bad input and the group prints it as one ``error:`` line with exit
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -58,6 +60,10 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:  # `amed-deploy models | head`: the reader left; stop quietly, as cat does
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(EXIT_INTERNAL_ERROR)
         except EXPECTED_ERRORS as e:
             if ctx.params.get("debug"):
                 raise
@@ -158,6 +164,20 @@ def _device_option(f):
         callback=lambda ctx, param, value: _resolve_device(value),
         help="auto (cuda if available), cpu, cuda or cuda:N.",
     )(f)
+
+
+def _ckpt_option(f):
+    return click.option(
+        "--ckpt",
+        required=True,
+        type=click.Path(dir_okay=False, path_type=Path),
+        callback=_bundled,
+        help="EDM checkpoint (or the bundled fashion-mnist).",
+    )(f)
+
+
+def _predictor_option(help: str):
+    return click.option("--predictor", type=click.Path(dir_okay=False, path_type=Path), callback=_bundled, help=help)
 
 
 def _force_option(f):
@@ -376,9 +396,7 @@ def info(path: Path, as_json: bool) -> None:
 
 
 @main.command()
-@click.option(
-    "--ckpt", required=True, type=click.Path(dir_okay=False, path_type=Path), callback=_bundled, help="EDM checkpoint."
-)
+@_ckpt_option
 @click.option("--nfe", default=5, show_default=True, type=_nfe_type(), help="Network evaluations per sample.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Predictor file [default: amed<NFE>.pt].")
 @click.option(
@@ -453,15 +471,8 @@ def distill(ckpt: Path, nfe: int, out: Path | None, force: bool, device, minutes
 
 
 @main.command()
-@click.option(
-    "--ckpt", required=True, type=click.Path(dir_okay=False, path_type=Path), callback=_bundled, help="EDM checkpoint."
-)
-@click.option(
-    "--predictor",
-    type=click.Path(dir_okay=False, path_type=Path),
-    callback=_bundled,
-    help="Predictor from `distill` (or a bundled name such as amed5).",
-)
+@_ckpt_option
+@_predictor_option("Predictor from `distill` (or a bundled name such as amed5).")
 @click.option("--solver", default=None, help="A solver by name (euler, heun, dpm2, ipndm, dpmpp3m, ...) instead.")
 @click.option("--nfe", type=_nfe_type(), default=None, help="NFE for --solver (checked against a predictor's own).")
 @click.option("--schedule", default="polynomial", show_default=True, help="Schedule for --solver.")
@@ -512,15 +523,8 @@ def sample(
 
 
 @main.command()
-@click.option(
-    "--ckpt", required=True, type=click.Path(dir_okay=False, path_type=Path), callback=_bundled, help="EDM checkpoint."
-)
-@click.option(
-    "--predictor",
-    type=click.Path(dir_okay=False, path_type=Path),
-    callback=_bundled,
-    help="Predictor (or a bundled name such as amed5); omit for a plain denoiser graph.",
-)
+@_ckpt_option
+@_predictor_option("Predictor (or a bundled name such as amed5); omit for a plain denoiser graph.")
 @click.option(
     "--out", default=Path("engines/amed5.onnx"), show_default=True, type=click.Path(dir_okay=False, path_type=Path)
 )
@@ -620,12 +624,7 @@ def build(
     callback=_bundled,
     help=".plan, .onnx, or a checkpoint (or the bundled fashion-mnist).",
 )
-@click.option(
-    "--predictor",
-    type=click.Path(dir_okay=False, path_type=Path),
-    callback=_bundled,
-    help="With a checkpoint: the predictor (or a bundled name such as amed5).",
-)
+@_predictor_option("With a checkpoint: the predictor (or a bundled name such as amed5).")
 @click.option("--batch", type=BATCH, default=None, help="Batch size [default: the graph's optimum].")
 @click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--class", "classes", default=None, help="Class label(s): K or K1,K2,... [default: random].")
@@ -851,7 +850,7 @@ def _int_list(value: str, option: str) -> list[int]:
 
 
 @main.command("eval")
-@click.option("--ckpt", required=True, type=click.Path(dir_okay=False, path_type=Path), help="EDM checkpoint.")
+@_ckpt_option
 @_data_option("Fashion-MNIST IDX files: FID reference statistics come from the training split.")
 @click.option(
     "--inception",
