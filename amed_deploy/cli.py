@@ -529,6 +529,14 @@ def sample(
     "--out", default=Path("engines/amed5.onnx"), show_default=True, type=click.Path(dir_okay=False, path_type=Path)
 )
 @click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "fp16"]))
+@click.option(
+    "--target",
+    default="portable",
+    show_default=True,
+    type=click.Choice(["portable", "ort-cuda"]),
+    help="portable: standard ONNX (TensorRT, any ONNX Runtime provider); ort-cuda: rewritten with ONNX Runtime's "
+    "UNet fusions (GroupNorm+SiLU, NHWC convolutions), runs only on ONNX Runtime's CUDA provider.",
+)
 @click.option("--batch", default=16, show_default=True, type=BATCH, help="Batch size (the optimum of a dynamic range).")
 @click.option(
     "--dynamic-batch/--fixed-batch",
@@ -541,7 +549,9 @@ def sample(
 @_force_option
 @_mismatch_option
 @click.pass_context
-def export(ctx, ckpt, predictor, out, precision, batch, dynamic_batch, min_batch, max_batch, force, mismatch) -> None:
+def export(
+    ctx, ckpt, predictor, out, precision, target, batch, dynamic_batch, min_batch, max_batch, force, mismatch
+) -> None:
     """Trace the U-Net, its feature tap and g_phi into ONE ONNX graph carrying the sampler config.
 
     The graph is checked with onnx.checker and against PyTorch through ONNX Runtime before it is
@@ -569,13 +579,18 @@ def export(ctx, ckpt, predictor, out, precision, batch, dynamic_batch, min_batch
         checkpoint_sha256=loaded.checkpoint_sha256,
         predictor_sha256=file_sha256(predictor) if predictor else None,
         overwrite=force,
+        target=target,
     )
     spec = result.spec
     what = f"AMED {spec.sampler.solver} NFE {spec.sampler.nfe}" if spec.kind == "amed" else "denoiser"
-    click.echo(f"wrote {out}: {what}, {precision}, batch {spec.batch_min}..{spec.batch_max}")
+    click.echo(f"wrote {out}: {what}, {precision}, target {target}, batch {spec.batch_min}..{spec.batch_max}")
+    checked = "" if target == "portable" else " (of the fp32 graph before ONNX Runtime's rewrite)"
     click.echo(
-        "  max abs error vs PyTorch (ONNX Runtime CPU): " + ", ".join(f"{k} {v:.2e}" for k, v in result.errors.items())
+        f"  max abs error vs PyTorch (ONNX Runtime CPU){checked}: "
+        + ", ".join(f"{k} {v:.2e}" for k, v in result.errors.items())
     )
+    if "ort_fusions" in spec.producer:
+        click.echo("  ONNX Runtime fusions: " + ", ".join(f"{k} {v}" for k, v in spec.producer["ort_fusions"].items()))
 
 
 @main.command()
@@ -596,9 +611,10 @@ def build(
 ) -> None:
     """Build a TensorRT engine (strongly typed, TRT 10/11) plus its sidecar manifest OUT.json."""
     from amed_deploy.runtime.manifest import manifest_path_for
-    from exporters.trt_build import build_command_impl
+    from exporters.trt_build import build_command_impl, check_portable, onnx_graph_spec
 
     check_suffix(out, (".plan",), "--out")
+    check_portable(onnx_graph_spec(onnx_path), onnx_path)  # said even where TensorRT is missing
     plan_outputs({"--out": out, "manifest": manifest_path_for(out)}, [onnx_path, timing_cache], force)
     if timing_cache is not None:
         plan_outputs({"--timing-cache": timing_cache}, [onnx_path], force=True)
@@ -682,7 +698,17 @@ def run(engine, predictor, batch, seed, classes, solver, nfe, out, npz, cuda_gra
 @click.option(
     "--paths",
     default=",".join(
-        ("eager-fp32", "torch-fp16", "torch-fp16-graph", "ort-fp32", "ort-fp16", "ort-fp16-graph", "trt-fp16")
+        (
+            "eager-fp32",
+            "user-compile",
+            "torch-fp16",
+            "torch-fp16-graph",
+            "ort-fp32",
+            "ort-fp16",
+            "ort-fp16-graph",
+            "ort-cuda-fp16-graph",
+            "trt-fp16",
+        )  # fmt: skip
     ),
     show_default=True,
     help="Comma-separated paths; also torch-fp16-compile-graph (the fastest; compiles ~1 min per batch size) "

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from .config import SamplerConfig
 from .errors import AmedError
@@ -18,7 +20,9 @@ SCHEMA = "amed-deploy/graph"
 SCHEMA_VERSION = 1
 KINDS = ("amed", "denoiser")
 PRECISIONS = ("fp32", "fp16", "bf16")  # bf16: the PyTorch executor only (exporters refuse it)
-TARGETS = ("portable",)  # what the graph was exported for (which runtimes may load it)
+# What a graph was exported for: standard ONNX that any runtime (TensorRT 10/11 too) parses, or a graph
+# rewritten with ONNX Runtime's contrib ops, which only ONNX Runtime's CUDA provider runs.
+TARGETS = ("portable", "ort-cuda")
 
 # Bounds of a record's numbers: generous for real models, small enough that nothing overflows later.
 MAX_CHANNELS = 64
@@ -257,3 +261,18 @@ def spec_from_metadata_props(props: dict[str, str], source: str = "graph") -> Gr
             "(export your checkpoint with `amed-deploy export --ckpt edm.pt ...`)"
         )
     return GraphSpec.from_json(props[METADATA_KEY])
+
+
+def onnx_graph_spec(onnx_path: str | os.PathLike) -> GraphSpec:
+    """The GraphSpec an exported ONNX carries in metadata_props, read without a runtime session (so it is
+    known before choosing a provider, and by `build`, `info` and the demo cache)."""
+    import onnx
+
+    path = Path(onnx_path)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except FileNotFoundError:
+        raise AmedError(f"ONNX file {path} does not exist") from None
+    except Exception as e:  # protobuf raises its own DecodeError types
+        raise AmedError(f"{path} is not a readable ONNX model: {type(e).__name__}: {e}") from None
+    return spec_from_metadata_props({p.key: p.value for p in model.metadata_props}, source=str(path))

@@ -30,7 +30,7 @@ from amed_deploy.amed_network import AMEDNetwork, DeployModule, graph_spec
 from amed_deploy.atomic import atomic_write_bytes
 from amed_deploy.config import SamplerConfig
 from amed_deploy.errors import AmedError
-from amed_deploy.metadata import METADATA_KEY, GraphSpec
+from amed_deploy.metadata import METADATA_KEY, TARGETS, GraphSpec
 from amed_deploy.runtime.executor import DENOISED, LABELS, PREDICTOR_OUTPUTS, SIGMA, SIGMA_NEXT, X
 
 OPSET = 18
@@ -57,30 +57,46 @@ def export_onnx(
     predictor_sha256: str | None = None,
     check: bool = True,
     overwrite: bool = True,
+    target: str = "portable",
 ) -> ExportResult:
     """Export `network` (with or without predictor) to `out`; nothing is written unless every check
     passes. `batch_range=(min, max)` makes the batch dimension dynamic with `batch` as the optimum;
-    `overwrite=False` refuses an existing `out` at the final, atomic rename."""
+    `overwrite=False` refuses an existing `out` at the final, atomic rename.
+
+    `target="ort-cuda"` traces the fp32 graph, checks it like a portable one, then rewrites it with
+    ONNX Runtime's UNet tools (`exporters.ort_cuda`) into `precision`; that graph runs only on ONNX
+    Runtime's CUDA provider, so its own parity is checked on the GPU (tests marked gpu)."""
     if precision not in TOLERANCE:
         raise AmedError(f"precision must be fp32 or fp16, got {precision!r}")
+    if target not in TARGETS:
+        raise AmedError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
     spec = graph_spec(network, sampler, precision, batch, batch_range, checkpoint_sha256, predictor_sha256)
-    spec = dataclasses.replace(spec, producer={**spec.producer, "opset": OPSET})
+    spec = dataclasses.replace(spec, producer={**spec.producer, "opset": OPSET}, target=target)
+    traced = spec if target == "portable" else dataclasses.replace(spec, precision="fp32", target="portable")
     dynamic = spec.batch_max > spec.batch_min
-    module = DeployModule(copy.deepcopy(network).cpu().requires_grad_(False), precision).eval()
-    example = _example_inputs(spec, max(batch, 2) if dynamic else batch)
-    model = _trace(module, example, spec, dynamic)
-    model.metadata_props.add(key=METADATA_KEY, value=spec.to_json())
+    module = DeployModule(copy.deepcopy(network).cpu().requires_grad_(False), traced.precision).eval()
+    example = _example_inputs(traced, max(batch, 2) if dynamic else batch)
+    model = _trace(module, example, traced, dynamic)
+    model.metadata_props.add(key=METADATA_KEY, value=traced.to_json())
     onnx.checker.check_model(model, full_check=True)
-    data = model.SerializeToString()
     errors: dict[str, float] = {}
     if check:
-        errors = parity_errors(data, network, spec)
-        bound = TOLERANCE[precision]
+        errors = parity_errors(model.SerializeToString(), network, traced)
+        bound = TOLERANCE[traced.precision]
         if not all(np.isfinite(v) and v <= bound for v in errors.values()):
             raise AmedError(
                 f"exported graph disagrees with PyTorch: max abs errors {errors} exceed {bound}; nothing written"
             )
-    atomic_write_bytes(out, data, overwrite=overwrite)
+    if target == "ort-cuda":
+        from .ort_cuda import optimize_for_ort_cuda
+
+        model, fused = optimize_for_ort_cuda(model, precision)
+        if fused["GroupNorm"] + fused["SkipGroupNorm"] < fused["group_norms"]:
+            raise AmedError(f"ONNX Runtime fused only part of the group norms ({fused}); nothing written")
+        spec = dataclasses.replace(spec, producer={**spec.producer, "ort_fusions": fused})
+        del model.metadata_props[:]
+        model.metadata_props.add(key=METADATA_KEY, value=spec.to_json())
+    atomic_write_bytes(out, model.SerializeToString(), overwrite=overwrite)
     return ExportResult(Path(out), spec, errors)
 
 

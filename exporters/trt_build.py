@@ -19,13 +19,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import onnx
 import torch
 
 from amed_deploy.atomic import atomic_write_bytes
 from amed_deploy.checkpoint import file_sha256
 from amed_deploy.errors import AmedError
-from amed_deploy.metadata import GraphSpec, spec_from_metadata_props
+from amed_deploy.metadata import GraphSpec, onnx_graph_spec
 from amed_deploy.outputs import same_file
 from amed_deploy.runtime.executor import io_shapes
 from amed_deploy.runtime.manifest import (
@@ -37,19 +36,16 @@ from amed_deploy.runtime.manifest import (
 )
 from amed_deploy.runtime.trt_executor import engine_io, gpu_identity, import_tensorrt, make_logger, trt_major
 
-__all__ = ["build_command_impl", "build_engine", "onnx_graph_spec", "profile_shapes"]
+__all__ = ["build_command_impl", "build_engine", "check_portable", "onnx_graph_spec", "profile_shapes"]
 
 
-def onnx_graph_spec(onnx_path: str | os.PathLike) -> GraphSpec:
-    """The GraphSpec an exported ONNX carries in metadata_props (weights are not loaded)."""
-    path = Path(onnx_path)
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except FileNotFoundError:
-        raise AmedError(f"ONNX file {path} does not exist") from None
-    except Exception as e:  # protobuf raises its own DecodeError types
-        raise AmedError(f"{path} is not a readable ONNX model: {type(e).__name__}: {e}") from None
-    return spec_from_metadata_props({p.key: p.value for p in model.metadata_props}, source=str(path))
+def check_portable(spec: GraphSpec, onnx_path: str | os.PathLike) -> None:
+    """TensorRT parses standard ONNX only: refuse a graph rewritten for ONNX Runtime's contrib ops."""
+    if spec.target != "portable":
+        raise AmedError(
+            f"{onnx_path} was exported for target {spec.target} (ONNX Runtime contrib ops TensorRT cannot parse); "
+            "export the portable graph (the default --target) for TensorRT"
+        )
 
 
 def profile_shapes(spec: GraphSpec, batch_opt: int | None = None) -> dict[str, list[list[int]]]:
@@ -87,6 +83,7 @@ def build_engine(
     if same_file(out_path, onnx_path) or same_file(manifest_path_for(out_path), onnx_path):
         raise AmedError(f"refusing to overwrite the ONNX graph {onnx_path} with the plan or its manifest")
     spec = onnx_graph_spec(onnx_path)
+    check_portable(spec, onnx_path)
     profile = profile_shapes(spec, batch_opt)
     if batch_opt is not None:
         spec = dataclasses.replace(spec, batch_opt=batch_opt)

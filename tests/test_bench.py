@@ -42,7 +42,8 @@ def test_markdown_table_and_missing_paths():
     text = render_markdown(
         rows, {"gpu": "TestGPU", "torch": "x", "fp16_matmul_tflops": 700.0, "gflops_per_image": {"cifar10": 42.4}}
     )
-    assert "TestGPU" in text and "| cifar10 | 5 | 16 | eager-fp32 | 10.00 | 60.00 | 267 | 1.00 | 1.20 | 10.0% |" in text
+    assert "TestGPU" in text
+    assert "| cifar10 | 5 | 16 | eager-fp32 | 10.00 | 60.00 | 267 | 1.00 |  | 1.20 | 10.0% |" in text
     assert "TensorRT is not installed" in text
 
 
@@ -74,3 +75,19 @@ def test_resume_bookkeeping_round_trips_and_keeps_the_baseline():
 def test_bench_refuses_without_cuda(tmp_path):
     res = CliRunner().invoke(main, ["bench", "--out", str(tmp_path / "b.md")])
     assert res.exit_code == 2 and "needs a CUDA GPU" in res.output and not (tmp_path / "b.md").exists()
+
+
+def test_every_row_reports_its_speedup_over_the_user_recipe():
+    """speedup_user = user-compile's end-to-end time / the row's, per cell, whichever order they came in."""
+    from amed_deploy.bench import with_user_speedups
+
+    rows = with_user_speedups(
+        [
+            Row("cifar10", 5, 1, "torch-fp16-compile-graph", 1.0, 5.0),
+            Row("cifar10", 5, 1, "user-compile", 2.0, 8.0),
+            Row("cifar10", 5, 256, "torch-fp16-compile-graph", 30.0, 150.0),
+        ]
+    )
+    assert [r.speedup_user for r in rows] == [1.6, 1.0, None]
+    text = render_markdown(rows, {"gpu": "G", "torch": "x", "fp16_matmul_tflops": 700.0})
+    assert "| torch-fp16-compile-graph | 1.00 | 5.00 |" in text and "| 1.60 |" in text

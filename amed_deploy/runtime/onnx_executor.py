@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..errors import AmedError
-from ..metadata import GraphSpec, spec_from_metadata_props
+from ..metadata import GraphSpec, onnx_graph_spec, spec_from_metadata_props
 from .executor import CUDA_SETUP_LOCK, DENOISED, SIGMA, SIGMA_NEXT, X, allocate, image_dtype, io_shapes
 
 _ORT_TYPES = {torch.float32: "tensor(float)", torch.float16: "tensor(float16)"}
@@ -56,6 +56,12 @@ class OnnxExecutor:
         """`provider_options` override the CUDA provider's defaults (ORT's documented names, e.g.
         use_tf32="1", which our fp32 sessions switch off so that fp32 graphs compute in fp32)."""
         self.device = torch.device(device)
+        target = onnx_graph_spec(path).target if Path(path).is_file() else "portable"
+        if target == "ort-cuda" and self.device.type != "cuda":
+            raise AmedError(
+                f"{path} was exported for ONNX Runtime's CUDA provider (target ort-cuda: contrib ops the CPU "
+                "provider lacks); run it on a CUDA device, or export the portable graph for the CPU"
+            )
         if self.device.type == "cuda":
             options = {
                 "device_id": self.device.index or 0,
@@ -64,6 +70,8 @@ class OnnxExecutor:
                 # kernels 2x slower on the fp16 CIFAR-10 graph at batch 256; elsewhere within 3%.
                 "cudnn_conv_algo_search": "HEURISTIC",
             }
+            if target == "ort-cuda":
+                options["prefer_nhwc"] = "1"  # its GroupNorm/NhwcConv nodes are channels-last: no transposes
             if cuda_graph:
                 options["enable_cuda_graph"] = "1"
             else:  # share torch's stream so torch ops and ORT kernels stay ordered without host syncs

@@ -1,0 +1,73 @@
+"""The ONNX Runtime CUDA target: the portable graph rewritten with ONNX Runtime's own UNet tools
+(`onnxruntime.transformers`): GroupNorm(+SiLU) fused into its channels-last contrib op, convolutions
+in NHWC, bias and attention fusions, then fp16 with fp32 islands. The result runs only on ONNX
+Runtime's CUDA provider (contrib ops), so its metadata says target "ort-cuda" and `build` refuses it.
+
+Our own code does one thing ONNX Runtime's fusion needs and the exporter does not give: the group
+norm pattern must reshape back with `Shape(input)`, while a static-shape export writes the shape as
+a constant; `_shape_from_input` rewires those constants before the optimizer runs."""
+
+from __future__ import annotations
+
+import collections
+import logging
+
+import onnx
+from onnx import helper
+
+# Kept in fp32 when the graph is converted to fp16: normalisation statistics and softmax overflow
+# in fp16, and the sigma embedding and g_phi are tiny (fp16 would only cost accuracy).
+FP32_OPS = ["InstanceNormalization", "Softmax", "Sin", "Cos", "Log", "Exp", "Pow", "Sqrt", "Reciprocal", "Div"]
+
+
+def _shape_from_input(model: onnx.ModelProto) -> int:
+    """Reshape(InstanceNorm(Reshape(x)), const) -> Reshape(InstanceNorm(Reshape(x)), Shape(x)): in a
+    static-shape export the constant is x's own shape, which the fusion wants to see spelled as Shape(x)."""
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    inits = {i.name: i for i in graph.initializer}
+    consumers = collections.defaultdict(list)
+    for n in graph.node:
+        for i in n.input:
+            consumers[i].append(n)
+    rewired, new_nodes = 0, []
+    for norm in (n for n in graph.node if n.op_type == "InstanceNormalization"):
+        first = producer.get(norm.input[0])
+        after = consumers.get(norm.output[0], [])
+        if first is None or first.op_type != "Reshape" or len(after) != 1 or after[0].op_type != "Reshape":
+            continue
+        back = after[0]
+        if back.input[1] not in inits:
+            continue
+        shape_node = helper.make_node("Shape", [first.input[0]], [f"{back.name}_shape"], name=f"{back.name}_Shape")
+        new_nodes.append((back, shape_node))
+        back.input[1] = shape_node.output[0]
+        rewired += 1
+    for back, shape_node in new_nodes:
+        graph.node.insert(list(graph.node).index(back), shape_node)
+    return rewired
+
+
+def optimize_for_ort_cuda(model: onnx.ModelProto, precision: str) -> tuple[onnx.ModelProto, dict[str, int]]:
+    """The fp32 portable graph -> the ORT-CUDA graph in `precision`; returns it and its fused-op counts."""
+    from onnxruntime.transformers import fusion_options, optimizer
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    metadata = list(model.metadata_props)
+    norms = sum(n.op_type == "InstanceNormalization" for n in model.graph.node)
+    _shape_from_input(model)
+    options = fusion_options.FusionOptions("unet")
+    logging.disable(logging.WARNING)  # its fusion passes warn about shape inference they do not need here
+    try:
+        optimized = optimizer.optimize_model(model, model_type="unet", opt_level=0, optimization_options=options)
+        if precision == "fp16":
+            graph = optimized.model.graph
+            io_fp32 = [v.name for v in [*graph.input, *graph.output] if v.name not in ("x", "denoised")]
+            optimized.convert_float_to_float16(keep_io_types=io_fp32, op_block_list=FP32_OPS)
+    finally:
+        logging.disable(logging.NOTSET)
+    out = optimized.model
+    del out.metadata_props[:]
+    out.metadata_props.extend(metadata)
+    counts = collections.Counter(n.op_type for n in out.graph.node)
+    return out, {"group_norms": norms, **{k: counts[k] for k in ("GroupNorm", "SkipGroupNorm", "NhwcConv")}}
