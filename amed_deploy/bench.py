@@ -39,7 +39,8 @@ PATHS = (
     "ort-fp32",
     "ort-fp16",
     "ort-fp16-graph",  # (c) ONNX Runtime CUDA provider with I/O binding (and its CUDA graph)
-    "ort-cuda-fp16-graph",  # (c) the same on the graph exported with --target ort-cuda (ORT's UNet fusions)
+    "ort-cuda-fp16",  # (c) the graph exported with --target ort-cuda (ORT's UNet fusions)
+    "ort-cuda-fp16-graph",  # (c) the same with ORT's CUDA graph
     "user-compile",  # what a user gets without this project: reference network, autocast, torch.compile
     "trt-fp16",  # (d) TensorRT, where it can be imported
 )

@@ -63,15 +63,16 @@ def export_onnx(
     passes. `batch_range=(min, max)` makes the batch dimension dynamic with `batch` as the optimum;
     `overwrite=False` refuses an existing `out` at the final, atomic rename.
 
-    `target="ort-cuda"` traces the fp32 graph, checks it like a portable one, then rewrites it with
-    ONNX Runtime's UNet tools (`exporters.ort_cuda`) into `precision`; that graph runs only on ONNX
-    Runtime's CUDA provider, so its own parity is checked on the GPU (tests marked gpu)."""
+    `target="ort-cuda"` traces and checks the fp32 portable graph, then rewrites it with ONNX Runtime's
+    UNet tools into `precision` (`exporters.ort_cuda`); that graph runs only on ONNX Runtime's CUDA
+    provider, so its own parity is checked on the GPU (tests marked gpu)."""
     if precision not in TOLERANCE:
         raise AmedError(f"precision must be fp32 or fp16, got {precision!r}")
     if target not in TARGETS:
         raise AmedError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
     spec = graph_spec(network, sampler, precision, batch, batch_range, checkpoint_sha256, predictor_sha256)
     spec = dataclasses.replace(spec, producer={**spec.producer, "opset": OPSET}, target=target)
+    # what is traced and checked on the CPU: the graph itself, or for ort-cuda the fp32 graph it is made from
     traced = spec if target == "portable" else dataclasses.replace(spec, precision="fp32", target="portable")
     dynamic = spec.batch_max > spec.batch_min
     module = DeployModule(copy.deepcopy(network).cpu().requires_grad_(False), traced.precision).eval()

@@ -1,6 +1,8 @@
 """The ONNX Runtime CUDA target: the portable graph rewritten with ONNX Runtime's own UNet tools
 (`onnxruntime.transformers`): GroupNorm(+SiLU) fused into its channels-last contrib op, convolutions
-in NHWC, bias and attention fusions, then fp16 with fp32 islands. The result runs only on ONNX
+in NHWC, bias and attention fusions, applied to the fp32 portable graph, then ORT's fp16 converter
+(softmax kept in fp32; the fused GroupNorm accumulates its statistics in fp32 itself; fusing the fp16
+portable graph instead, with its fp32 Casts, gave type-inconsistent graphs). The result runs only on ONNX
 Runtime's CUDA provider (contrib ops), so its metadata says target "ort-cuda" and `build` refuses it.
 
 Our own code does one thing ONNX Runtime's fusion needs and the exporter does not give: the group
@@ -15,9 +17,7 @@ import logging
 import onnx
 from onnx import helper
 
-# Kept in fp32 when the graph is converted to fp16: normalisation statistics and softmax overflow
-# in fp16, and the sigma embedding and g_phi are tiny (fp16 would only cost accuracy).
-FP32_OPS = ["InstanceNormalization", "Softmax", "Sin", "Cos", "Log", "Exp", "Pow", "Sqrt", "Reciprocal", "Div"]
+FP32_OPS = ["Softmax"]  # kept in fp32 by the fp16 conversion (blocking more made the converter repeat names)
 
 
 def _shape_from_input(model: onnx.ModelProto) -> int:
@@ -48,6 +48,18 @@ def _shape_from_input(model: onnx.ModelProto) -> int:
     return rewired
 
 
+def _constant_outputs_through_identity(model: onnx.ModelProto) -> None:
+    """A graph output that is an initializer (g_phi's `a` when its time scale is fixed) gets an Identity
+    node: ORT's fp16 converter otherwise defines that name twice (initializer and its output Cast)."""
+    inits = {i.name: i for i in model.graph.initializer}
+    for output in model.graph.output:
+        if output.name in inits:
+            inits[output.name].name = f"{output.name}_constant"
+            model.graph.node.append(
+                helper.make_node("Identity", [f"{output.name}_constant"], [output.name], name=f"{output.name}_Identity")
+            )
+
+
 def optimize_for_ort_cuda(model: onnx.ModelProto, precision: str) -> tuple[onnx.ModelProto, dict[str, int]]:
     """The fp32 portable graph -> the ORT-CUDA graph in `precision`; returns it and its fused-op counts."""
     from onnxruntime.transformers import fusion_options, optimizer
@@ -56,6 +68,7 @@ def optimize_for_ort_cuda(model: onnx.ModelProto, precision: str) -> tuple[onnx.
     metadata = list(model.metadata_props)
     norms = sum(n.op_type == "InstanceNormalization" for n in model.graph.node)
     _shape_from_input(model)
+    _constant_outputs_through_identity(model)
     options = fusion_options.FusionOptions("unet")
     logging.disable(logging.WARNING)  # its fusion passes warn about shape inference they do not need here
     try:
