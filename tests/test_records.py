@@ -259,7 +259,7 @@ def test_manifest_integral_float_is_accepted(tmp_path):
 
 
 def test_target_defaults_to_portable_and_round_trips(record):
-    assert TARGETS == ("portable",)
+    assert TARGETS == ("portable", "ort-cuda")
     d = copy.deepcopy(record)
     d.pop("target", None)  # a graph from before the field
     spec = parse(d)
@@ -267,9 +267,10 @@ def test_target_defaults_to_portable_and_round_trips(record):
     assert spec.to_dict()["target"] == "portable"
     assert GraphSpec.from_json(spec.to_json()) == spec
     assert record.get("target") == "portable"  # the exporter writes it
+    assert parse(put(record, ("target",), "ort-cuda")).target == "ort-cuda"
 
 
-@pytest.mark.parametrize("value", ["ort-cuda", "", "PORTABLE", 1, None, ["portable"]], ids=repr)
+@pytest.mark.parametrize("value", ["ort", "", "PORTABLE", 1, None, ["portable"]], ids=repr)
 def test_bad_target_is_refused(record, value):
     with pytest.raises(AmedError, match="target"):
         parse(put(record, ("target",), value))

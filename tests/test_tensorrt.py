@@ -23,7 +23,7 @@ from amed_deploy.runtime.trt_executor import TRTExecutor
 from exporters import trt_build
 from exporters.trt_build import build_command_impl, build_engine, onnx_graph_spec, profile_shapes
 
-NO_TRT = "TensorRT is not installed here (its builder cannot be installed in this workplace); these tests run wherever `import tensorrt` works"  # noqa: E501
+NO_TRT = "TensorRT is not installed (pip install 'amed-deploy[tensorrt]'); these tests need `import tensorrt`"
 
 
 def make_spec(precision: str, batch: tuple[int, int, int] = (1, 2, 4)) -> GraphSpec:
