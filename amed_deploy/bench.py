@@ -110,6 +110,20 @@ def paired_times_ms(
     return statistics.median(net), statistics.median(whole)
 
 
+def wall_time_ms(fn: Callable[[], object], repeats: int, warmup: int = 3) -> float:
+    """Median wall time of fn() with the GPU synchronised around each call (host work included)."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
 def host_time_ms(fn: Callable[[], object], repeats: int) -> float:
     """Median wall time of a host-only call."""
     times = []

@@ -11,34 +11,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 from amed_deploy.amed_network import AMEDNetwork
-from amed_deploy.bench import bench_sampler, random_cifar10
+from amed_deploy.bench import bench_sampler, random_cifar10, wall_time_ms
 from amed_deploy.checkpoint import Checkpoint, file_sha256, model_sha256, save_checkpoint
 from amed_deploy.predictor import AMEDPredictor
 from amed_deploy.predictor_file import PredictorBundle, save_predictor
 from amed_deploy.runtime import Sampler
 from exporters.onnx_export import export_onnx
-
-
-def timed(fn, repeats: int) -> float:
-    """Median wall time in ms of fn() with the GPU synchronised around each call."""
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -96,7 +80,7 @@ def main() -> None:
             row = {"path": name}
             for b in batches:
                 smp = Sampler.load(path, batch=b, device="cuda", **kw)
-                row[b] = timed(lambda smp=smp: smp.sample(seed=0), args.repeats)
+                row[b] = wall_time_ms(lambda smp=smp: smp.sample(seed=0), args.repeats)
             rows.append(row)
         except Exception as e:  # report and continue: one missing provider must not hide the rest
             errors[name] = {"error": f"{type(e).__name__}: {e}"}

@@ -8,28 +8,14 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-from amed_deploy.bench import bench_sampler, random_cifar10
+from amed_deploy.bench import bench_sampler, random_cifar10, wall_time_ms
 from amed_deploy.runtime import Sampler
 from exporters.onnx_export import export_onnx
-
-
-def median_ms(fn, repeats: int = 10) -> float:
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -53,7 +39,7 @@ def main() -> None:
         for cuda_graph in (False, True):
             try:
                 smp = Sampler.load(graph, device="cuda", cuda_graph=cuda_graph)
-                cell[f"e2e_ms_cuda_graph_{cuda_graph}"] = median_ms(lambda smp=smp: smp.sample(seed=0))
+                cell[f"e2e_ms_cuda_graph_{cuda_graph}"] = wall_time_ms(lambda smp=smp: smp.sample(seed=0), 10, warmup=1)
             except Exception as e:  # a finding, not a crash
                 cell[f"e2e_ms_cuda_graph_{cuda_graph}"] = f"{type(e).__name__}: {str(e)[:200]}"
         smp = Sampler.load(graph, device="cuda")
