@@ -31,6 +31,7 @@ from amed_deploy.atomic import atomic_write_bytes
 from amed_deploy.config import SamplerConfig
 from amed_deploy.errors import AmedError
 from amed_deploy.metadata import METADATA_KEY, TARGETS, GraphSpec
+from amed_deploy.networks.layers import ort_cuda_formulation
 from amed_deploy.runtime.executor import DENOISED, LABELS, PREDICTOR_OUTPUTS, SIGMA, SIGMA_NEXT, X
 
 OPSET = 18
@@ -77,7 +78,9 @@ def export_onnx(
     dynamic = spec.batch_max > spec.batch_min
     module = DeployModule(copy.deepcopy(network).cpu().requires_grad_(False), traced.precision).eval()
     example = _example_inputs(traced, max(batch, 2) if dynamic else batch)
-    model = _trace(module, example, traced, dynamic)
+    # the ORT-CUDA graph spells some layers its own way (same values: layers.ort_cuda_formulation)
+    with ort_cuda_formulation() if target == "ort-cuda" else contextlib.nullcontext():
+        model = _trace(module, example, traced, dynamic)
     model.metadata_props.add(key=METADATA_KEY, value=traced.to_json())
     onnx.checker.check_model(model, full_check=True)
     errors: dict[str, float] = {}

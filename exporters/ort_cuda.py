@@ -60,6 +60,27 @@ def _constant_outputs_through_identity(model: onnx.ModelProto) -> None:
             )
 
 
+def _drop_identity_casts(model: onnx.ModelProto) -> None:
+    """Remove Casts of fp32 initializers to fp32 (ORT's fp16 converter adds them before inputs that
+    must stay fp32, such as Resize's scales, one per consumer under one name). On the GPU such a Cast
+    feeds a CPU-side input through a device-to-host copy, which made the graph uncapturable."""
+    graph = model.graph
+    fp32 = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
+    outputs = {o.name for o in graph.output}
+    to_float = [
+        n for n in graph.node
+        if n.op_type == "Cast" and n.input[0] in fp32 and n.output[0] not in outputs
+        and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT for a in n.attribute)
+    ]  # fmt: skip
+    renamed = {n.output[0]: n.input[0] for n in to_float}
+    for node in graph.node:
+        for k, name in enumerate(node.input):
+            if name in renamed:
+                node.input[k] = renamed[name]
+    for node in to_float:
+        graph.node.remove(node)
+
+
 def optimize_for_ort_cuda(model: onnx.ModelProto, precision: str) -> tuple[onnx.ModelProto, dict[str, int]]:
     """The fp32 portable graph -> the ORT-CUDA graph in `precision`; returns it and its fused-op counts."""
     from onnxruntime.transformers import fusion_options, optimizer
@@ -77,6 +98,7 @@ def optimize_for_ort_cuda(model: onnx.ModelProto, precision: str) -> tuple[onnx.
             graph = optimized.model.graph
             io_fp32 = [v.name for v in [*graph.input, *graph.output] if v.name not in ("x", "denoised")]
             optimized.convert_float_to_float16(keep_io_types=io_fp32, op_block_list=FP32_OPS)
+            _drop_identity_casts(optimized.model)
     finally:
         logging.disable(logging.NOTSET)
     out = optimized.model

@@ -9,10 +9,12 @@ import onnx
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import tiny_net
 
 from amed_deploy.cli import main
 from amed_deploy.errors import AmedError
 from amed_deploy.metadata import METADATA_KEY, GraphSpec
+from amed_deploy.networks.layers import Conv2d, ort_cuda_formulation
 from amed_deploy.runtime import Sampler
 from exporters.onnx_export import export_onnx
 
@@ -40,7 +42,8 @@ def test_ort_target_fuses_every_group_norm_and_keeps_the_record(ort_graph, amed_
     norms = portable[("ai.onnx", "InstanceNormalization")]
     assert norms > 0 and fused[("ai.onnx", "InstanceNormalization")] == 0  # every one became a contrib op
     assert fused[(CONTRIB, "GroupNorm")] + fused[(CONTRIB, "SkipGroupNorm")] == norms
-    assert fused[(CONTRIB, "NhwcConv")] == portable[("ai.onnx", "Conv")]
+    depthwise = _depthwise_resampling(amed_onnx)
+    assert fused[(CONTRIB, "NhwcConv")] == portable[("ai.onnx", "Conv")] - depthwise["Conv"]
     spec = GraphSpec.from_json({p.key: p.value for p in onnx.load(path).metadata_props}[METADATA_KEY])
     assert spec.target == "ort-cuda" and spec.precision == "fp16" and spec == result.spec
     assert (
@@ -52,6 +55,75 @@ def test_ort_target_fuses_every_group_norm_and_keeps_the_record(ort_graph, amed_
     half, single = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
     assert io == {"x": half, "sigma": single, "sigma_next": single, "class_labels": single, "denoised": half,
                   "r": single, "c": single, "a": single}  # fmt: skip
+
+
+def _depthwise_resampling(path) -> collections.Counter:
+    """The box-filter resampling layers of a graph: depthwise (group > 1) Conv / ConvTranspose."""
+    return collections.Counter(
+        n.op_type
+        for n in onnx.load(path).graph.node
+        if n.op_type in ("Conv", "ConvTranspose") and any(a.name == "group" and a.i > 1 for a in n.attribute)
+    )
+
+
+class _Convolutions(torch.overrides.TorchFunctionMode):
+    """Records (weight shape, groups) of every conv2d call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[tuple[int, ...], int]] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in (torch.conv2d, torch.nn.functional.conv2d):
+            self.calls.append((tuple(args[1].shape), kwargs.get("groups", args[6] if len(args) > 6 else 1)))
+        return func(*args, **kwargs)
+
+
+def test_ort_cuda_formulation_changes_no_value_and_aligns_channels():
+    """Traced for ORT-CUDA, the network computes the same values with every dense convolution's
+    channel counts padded to multiples of 8 (the tiny network has 1 image channel) and no depthwise
+    convolution left (box-filter resampling pooled)."""
+    net = tiny_net(1)
+    gen = torch.Generator().manual_seed(0)
+    x, sigma = torch.randn(3, 1, 16, 16, generator=gen), torch.tensor([0.1, 2.0, 40.0])
+    labels = torch.eye(3)
+    with torch.no_grad():
+        with _Convolutions() as reference:
+            want = net(x, sigma, labels)
+        with ort_cuda_formulation(), _Convolutions() as convs:
+            got = net(x, sigma, labels)
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-5), (got - want).abs().max()
+    assert any(groups > 1 for _, groups in reference.calls) and any(1 in s[:2] for s, _ in reference.calls)
+    assert all(groups == 1 and s[0] % 8 == 0 and s[1] % 8 == 0 for s, groups in convs.calls), convs.calls
+
+
+def test_ort_target_puts_conv_biases_into_the_convolutions(ort_graph, distilled):
+    """Every convolution whose bias directly follows it carries it as the Conv's third input (a
+    downsampling convolution adds its bias after the pooling, as the reference does)."""
+    network, *_ = distilled
+    with_bias = sum(
+        isinstance(m, Conv2d) and m.weight is not None and m.bias is not None and not (m.fused_resample and m.down)
+        for m in network.modules()
+    )
+    nodes = [n for n in onnx.load(ort_graph[0]).graph.node if n.op_type == "NhwcConv"]
+    assert with_bias > 0 and sum(len(n.input) == 3 and n.input[2] != "" for n in nodes) == with_bias
+
+
+def test_ort_target_resamples_by_resize_and_pooling_with_fp32_parity(ort_graph, amed_onnx):
+    """ORT's CUDA depthwise ConvTranspose is slow, so the ORT graph spells the box filter as nearest
+    Resize / AveragePool; the export's CPU parity check compared that fp32 graph with the network's
+    reference (convolution) formulation, so the two formulations agree to fp32 rounding."""
+    path, result = ort_graph
+    depthwise, fused = _depthwise_resampling(amed_onnx), _ops(path)
+    assert depthwise["ConvTranspose"] > 0 and depthwise["Conv"] > 0  # the portable graph is unchanged
+    assert not _depthwise_resampling(path) and fused[("ai.onnx", "ConvTranspose")] == 0
+    assert fused[("ai.onnx", "Resize")] == depthwise["ConvTranspose"]
+    assert fused[("ai.onnx", "AveragePool")] == depthwise["Conv"]
+    assert result.errors and max(result.errors.values()) <= 1e-4, result.errors
+    model = onnx.load(path)  # Resize reads its scales on the host: straight from fp32 initializers, no Cast
+    fp32 = {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
+    assert all(n.input[2] in fp32 for n in model.graph.node if n.op_type == "Resize")
 
 
 def test_portable_graph_has_no_contrib_ops(amed_onnx):

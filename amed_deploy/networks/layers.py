@@ -118,7 +118,7 @@ class Conv2d(nn.Module):
 
     def _pooled(self, x: torch.Tensor) -> bool:
         """A box filter (always unpadded) resamples as nearest-neighbour copies / 2x2 averages."""
-        return self.box_filter and _fused_kernels(x)
+        return self.box_filter and (_fused_kernels(x) or _KERNELS["ort_cuda"])
 
     def _upsample(self, x: torch.Tensor, channels: int, pad: int) -> torch.Tensor:
         if self._pooled(x):
@@ -133,24 +133,42 @@ class Conv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight.to(x.dtype) if self.weight is not None else None
+        b = self.bias.to(x.dtype) if self.bias is not None else None
         w_pad = w.shape[-1] // 2 if w is not None else 0
         f_pad = (self.resample_filter.shape[-1] - 1) // 2 if self.resample_filter is not None else 0
         if self.fused_resample and self.up and w is not None:
             x = self._upsample(x, self.in_channels, max(f_pad - w_pad, 0))
-            x = F.conv2d(x, w, padding=max(w_pad - f_pad, 0))
-        elif self.fused_resample and self.down and w is not None:
-            x = F.conv2d(x, w, padding=w_pad + f_pad)
-            x = self._downsample(x, self.out_channels, 0)
+            return _conv_bias(x, w, b, max(w_pad - f_pad, 0))
+        if self.fused_resample and self.down and w is not None:
+            x = self._downsample(F.conv2d(x, w, padding=w_pad + f_pad), self.out_channels, 0)
         else:
             if self.up:
                 x = self._upsample(x, self.in_channels, f_pad)
             if self.down:
                 x = self._downsample(x, self.in_channels, f_pad)
             if w is not None:
-                x = F.conv2d(x, w, padding=w_pad)
-        if self.bias is not None:
-            x = x + self.bias.to(x.dtype).reshape(1, -1, 1, 1)
-        return x
+                return _conv_bias(x, w, b, w_pad)
+        return x if b is None else x + b.reshape(1, -1, 1, 1)
+
+
+def _conv_bias(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, padding: int) -> torch.Tensor:
+    """conv2d(x, w) + b. The reference formulation adds the bias as its own op, as the official code
+    does; the ORT-CUDA formulation puts it into the convolution (cuDNN's epilogue: ONNX Runtime's
+    fusions leave a separate per-channel Add as its own kernel) and pads channel counts that are not
+    a multiple of 8 with zeros (cuDNN has no fp16 NHWC kernel for 3 channels and falls back to a slow
+    direct one), which changes no output value."""
+    if not _KERNELS["ort_cuda"]:
+        y = F.conv2d(x, w, padding=padding)
+        return y if b is None else y + b.reshape(1, -1, 1, 1)
+    out_channels, in_channels = w.shape[:2]
+    pad_in, pad_out = -in_channels % 8, -out_channels % 8
+    if pad_in:
+        x = F.pad(x, (0, 0, 0, 0, 0, pad_in))
+    w = F.pad(w, (0, 0, 0, 0, 0, pad_in, 0, pad_out))
+    if b is not None:
+        b = F.pad(b, (0, pad_out))
+    y = F.conv2d(x, w, b, padding=padding)
+    return y[:, :out_channels] if pad_out else y
 
 
 class GroupNorm(nn.Module):
@@ -172,18 +190,32 @@ class GroupNorm(nn.Module):
         return y.to(x.dtype)
 
 
-_FAST_KERNELS = [True]  # switched off by `reference_kernels()` (a one-element list: no `global`)
+# Which formulation the layers trace or run; switched only through the context managers below.
+_KERNELS = {"fast": True, "ort_cuda": False}
 
 
 @contextlib.contextmanager
-def reference_kernels() -> Iterator[None]:
-    """Run the reference formulation even for half-precision CUDA tensors, as the official EDM code
-    does: what `amed-deploy bench`'s user-compile baseline measures (a user without this project)."""
-    _FAST_KERNELS[0] = False
+def _kernels(**choice: bool) -> Iterator[None]:
+    saved = dict(_KERNELS)
+    _KERNELS.update(choice)
     try:
         yield
     finally:
-        _FAST_KERNELS[0] = True
+        _KERNELS.update(saved)
+
+
+def reference_kernels() -> contextlib.AbstractContextManager[None]:
+    """Run the reference formulation even for half-precision CUDA tensors, as the official EDM code
+    does: what `amed-deploy bench`'s user-compile baseline measures (a user without this project)."""
+    return _kernels(fast=False)
+
+
+def ort_cuda_formulation() -> contextlib.AbstractContextManager[None]:
+    """The same values (up to fp32 rounding), spelled for ONNX Runtime's CUDA provider, which the
+    ORT-CUDA export traces: box-filter resampling as nearest Resize / 2x2 AveragePool (its depthwise
+    ConvTranspose is slow), convolution biases inside the Conv, channel counts padded to multiples
+    of 8 (`_conv_bias`)."""
+    return _kernels(ort_cuda=True)
 
 
 def _fused_kernels(x: torch.Tensor) -> bool:
@@ -192,7 +224,7 @@ def _fused_kernels(x: torch.Tensor) -> bool:
     CIFAR-10 forward), which keep fp32 accumulation internally. Everything else, including every ONNX
     export (traced on the CPU) and the fp32 baseline, runs the reference formulation, which spells
     the fp32 statistics out so the exported graph is safe in fp16 on any runtime."""
-    return _FAST_KERNELS[0] and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)
+    return _KERNELS["fast"] and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)
 
 
 def attention(qkv: torch.Tensor, num_heads: int) -> torch.Tensor:
