@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import logging
 
+import numpy as np
 import onnx
 from onnx import helper
 
@@ -60,6 +61,25 @@ def _constant_outputs_through_identity(model: onnx.ModelProto) -> None:
             )
 
 
+def _fold_constant_pads(model: onnx.ModelProto) -> None:
+    """Pad(initializer, constant pads) -> a padded initializer (the zero channels the ORT-CUDA
+    formulation adds to 3-channel convolution weights). Left as nodes, the CUDA provider's load-time
+    rewrites of the NHWC graph dropped one and refused the graph ("input 'pad_7' is not a graph input")."""
+    from onnx import numpy_helper
+
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    for node in [n for n in graph.node if n.op_type == "Pad"]:
+        data, pads = (inits.get(name) for name in node.input[:2])
+        if data is None or pads is None or len(node.input) > 2 and node.input[2]:
+            continue
+        if any(a.name == "mode" and a.s not in (b"constant", b"") for a in node.attribute):
+            continue
+        array, widths = numpy_helper.to_array(data), numpy_helper.to_array(pads).reshape(2, -1).T
+        graph.initializer.append(numpy_helper.from_array(np.pad(array, widths), node.output[0]))
+        graph.node.remove(node)
+
+
 def _drop_identity_casts(model: onnx.ModelProto) -> None:
     """Remove Casts of fp32 initializers to fp32 (ORT's fp16 converter adds them before inputs that
     must stay fp32, such as Resize's scales, one per consumer under one name). On the GPU such a Cast
@@ -90,6 +110,7 @@ def optimize_for_ort_cuda(model: onnx.ModelProto, precision: str) -> tuple[onnx.
     norms = sum(n.op_type == "InstanceNormalization" for n in model.graph.node)
     _shape_from_input(model)
     _constant_outputs_through_identity(model)
+    _fold_constant_pads(model)
     options = fusion_options.FusionOptions("unet")
     logging.disable(logging.WARNING)  # its fusion passes warn about shape inference they do not need here
     try:

@@ -164,8 +164,9 @@ def _conv_bias(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, padding
     pad_in, pad_out = -in_channels % 8, -out_channels % 8
     if pad_in:
         x = F.pad(x, (0, 0, 0, 0, 0, pad_in))
-    w = F.pad(w, (0, 0, 0, 0, 0, pad_in, 0, pad_out))
-    if b is not None:
+    if pad_in or pad_out:
+        w = F.pad(w, (0, 0, 0, 0, 0, pad_in, 0, pad_out))
+    if b is not None and pad_out:
         b = F.pad(b, (0, pad_out))
     y = F.conv2d(x, w, b, padding=padding)
     return y[:, :out_channels] if pad_out else y
