@@ -1,20 +1,21 @@
-"""The ONNX Runtime CUDA target: the portable graph rewritten with ONNX Runtime's own UNet tools
+"""The ONNX Runtime CUDA target: the fp32 graph (traced with box resampling as Resize/AveragePool,
+`layers.ort_cuda_formulation`) rewritten with ONNX Runtime's own UNet tools
 (`onnxruntime.transformers`): GroupNorm(+SiLU) fused into its channels-last contrib op, convolutions
 in NHWC, bias and attention fusions, applied to the fp32 portable graph, then ORT's fp16 converter
 (softmax kept in fp32; the fused GroupNorm accumulates its statistics in fp32 itself; fusing the fp16
 portable graph instead, with its fp32 Casts, gave type-inconsistent graphs). The result runs only on ONNX
 Runtime's CUDA provider (contrib ops), so its metadata says target "ort-cuda" and `build` refuses it.
 
-Our own code does one thing ONNX Runtime's fusion needs and the exporter does not give: the group
-norm pattern must reshape back with `Shape(input)`, while a static-shape export writes the shape as
-a constant; `_shape_from_input` rewires those constants before the optimizer runs."""
+Our own code does what ONNX Runtime's tools need and do not do themselves: the group norm pattern
+must reshape back with `Shape(input)`, while a static-shape export writes the shape as a constant
+(`_shape_from_input`); a constant graph output needs its own node (`_constant_outputs_through_identity`);
+and the converter's fp32-to-fp32 Casts before host-side inputs are dropped (`_drop_identity_casts`)."""
 
 from __future__ import annotations
 
 import collections
 import logging
 
-import numpy as np
 import onnx
 from onnx import helper
 
@@ -61,25 +62,6 @@ def _constant_outputs_through_identity(model: onnx.ModelProto) -> None:
             )
 
 
-def _fold_constant_pads(model: onnx.ModelProto) -> None:
-    """Pad(initializer, constant pads) -> a padded initializer (the zero channels the ORT-CUDA
-    formulation adds to 3-channel convolution weights). Left as nodes, the CUDA provider's load-time
-    rewrites of the NHWC graph dropped one and refused the graph ("input 'pad_7' is not a graph input")."""
-    from onnx import numpy_helper
-
-    graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
-    for node in [n for n in graph.node if n.op_type == "Pad"]:
-        data, pads = (inits.get(name) for name in node.input[:2])
-        if data is None or pads is None or len(node.input) > 2 and node.input[2]:
-            continue
-        if any(a.name == "mode" and a.s not in (b"constant", b"") for a in node.attribute):
-            continue
-        array, widths = numpy_helper.to_array(data), numpy_helper.to_array(pads).reshape(2, -1).T
-        graph.initializer.append(numpy_helper.from_array(np.pad(array, widths), node.output[0]))
-        graph.node.remove(node)
-
-
 def _drop_identity_casts(model: onnx.ModelProto) -> None:
     """Remove Casts of fp32 initializers to fp32 (ORT's fp16 converter adds them before inputs that
     must stay fp32, such as Resize's scales, one per consumer under one name). On the GPU such a Cast
@@ -110,7 +92,6 @@ def optimize_for_ort_cuda(model: onnx.ModelProto, precision: str) -> tuple[onnx.
     norms = sum(n.op_type == "InstanceNormalization" for n in model.graph.node)
     _shape_from_input(model)
     _constant_outputs_through_identity(model)
-    _fold_constant_pads(model)
     options = fusion_options.FusionOptions("unet")
     logging.disable(logging.WARNING)  # its fusion passes warn about shape inference they do not need here
     try:

@@ -133,43 +133,24 @@ class Conv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight.to(x.dtype) if self.weight is not None else None
-        b = self.bias.to(x.dtype) if self.bias is not None else None
         w_pad = w.shape[-1] // 2 if w is not None else 0
         f_pad = (self.resample_filter.shape[-1] - 1) // 2 if self.resample_filter is not None else 0
         if self.fused_resample and self.up and w is not None:
             x = self._upsample(x, self.in_channels, max(f_pad - w_pad, 0))
-            return _conv_bias(x, w, b, max(w_pad - f_pad, 0))
-        if self.fused_resample and self.down and w is not None:
-            x = self._downsample(F.conv2d(x, w, padding=w_pad + f_pad), self.out_channels, 0)
+            x = F.conv2d(x, w, padding=max(w_pad - f_pad, 0))
+        elif self.fused_resample and self.down and w is not None:
+            x = F.conv2d(x, w, padding=w_pad + f_pad)
+            x = self._downsample(x, self.out_channels, 0)
         else:
             if self.up:
                 x = self._upsample(x, self.in_channels, f_pad)
             if self.down:
                 x = self._downsample(x, self.in_channels, f_pad)
             if w is not None:
-                return _conv_bias(x, w, b, w_pad)
-        return x if b is None else x + b.reshape(1, -1, 1, 1)
-
-
-def _conv_bias(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, padding: int) -> torch.Tensor:
-    """conv2d(x, w) + b. The reference formulation adds the bias as its own op, as the official code
-    does; the ORT-CUDA formulation puts it into the convolution (cuDNN's epilogue: ONNX Runtime's
-    fusions leave a separate per-channel Add as its own kernel) and pads channel counts that are not
-    a multiple of 8 with zeros (cuDNN has no fp16 NHWC kernel for 3 channels and falls back to a slow
-    direct one), which changes no output value."""
-    if not _KERNELS["ort_cuda"]:
-        y = F.conv2d(x, w, padding=padding)
-        return y if b is None else y + b.reshape(1, -1, 1, 1)
-    out_channels, in_channels = w.shape[:2]
-    pad_in, pad_out = -in_channels % 8, -out_channels % 8
-    if pad_in:
-        x = F.pad(x, (0, 0, 0, 0, 0, pad_in))
-    if pad_in or pad_out:
-        w = F.pad(w, (0, 0, 0, 0, 0, pad_in, 0, pad_out))
-    if b is not None and pad_out:
-        b = F.pad(b, (0, pad_out))
-    y = F.conv2d(x, w, b, padding=padding)
-    return y[:, :out_channels] if pad_out else y
+                x = F.conv2d(x, w, padding=w_pad)
+        if self.bias is not None:
+            x = x + self.bias.to(x.dtype).reshape(1, -1, 1, 1)
+        return x
 
 
 class GroupNorm(nn.Module):
@@ -212,10 +193,10 @@ def reference_kernels() -> contextlib.AbstractContextManager[None]:
 
 
 def ort_cuda_formulation() -> contextlib.AbstractContextManager[None]:
-    """The same values (up to fp32 rounding), spelled for ONNX Runtime's CUDA provider, which the
-    ORT-CUDA export traces: box-filter resampling as nearest Resize / 2x2 AveragePool (its depthwise
-    ConvTranspose is slow), convolution biases inside the Conv, channel counts padded to multiples
-    of 8 (`_conv_bias`)."""
+    """Box-filter resampling as nearest Resize / 2x2 AveragePool in any dtype and on any device (the
+    same values as the depthwise (transposed) convolutions, up to fp32 rounding): what the ORT-CUDA
+    export traces: ONNX Runtime's profiler put most of a first run of the ORT-CUDA graph in its CUDA
+    depthwise ConvTranspose (steady-state effect: docs/BENCHMARKS.md)."""
     return _kernels(ort_cuda=True)
 
 
