@@ -24,6 +24,7 @@ from amed_deploy.outputs import CHECKPOINT_SUFFIXES, IMAGE_FORMATS, check_suffix
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (AmedError, OSError)
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 1
+EXIT_CHECK_FAILED = 1  # `check`: a backend disagrees with the reference
 
 
 class _Group(click.Group):
@@ -630,6 +631,134 @@ def build(
             overwrite=force,
         )
     )
+
+
+@main.command()
+@click.option(
+    "--onnx", "onnx_path", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The graph to check."
+)
+@_ckpt_option
+@_predictor_option("The predictor the graph was exported with (or a bundled name such as amed5).")
+@click.option(
+    "--engine",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A TensorRT plan built from this graph (amed-deploy build): also compared when TensorRT is installed.",
+)
+@click.option("--batch", type=BATCH, default=None, help="Batch size of the test inputs [default: the graph's optimum].")
+@click.option("--seed", default=0, show_default=True, type=SEED, help="Test inputs are drawn with seeds SEED, SEED+1.")
+@click.option(
+    "--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the report (.json)."
+)
+@_force_option
+@_mismatch_option
+@click.pass_context
+def check(ctx, onnx_path, ckpt, predictor, engine, batch, seed, json_out, force, mismatch) -> None:
+    """Parity report of one exported ONNX graph on every backend present on this machine.
+
+    The reference is the checkpoint (+ predictor) the graph was exported from, run by PyTorch in fp32
+    on the CPU on fixed, seeded test inputs (several noise levels). Each backend is compared with it:
+    ONNX Runtime CPU, ONNX Runtime CUDA (with a GPU and onnxruntime-gpu), and TensorRT (when it is
+    installed and --engine names a plan built from this graph); a backend that cannot run here is
+    reported as skipped, with the reason. Per output: the max abs error, the graph precision's
+    tolerance (fp32 1e-4, fp16 5e-2) and pass/fail. Exit code 0 when every backend that ran passes,
+    1 when any fails, 2 for bad input (e.g. a checkpoint the graph was not exported from)."""
+    import json
+
+    from amed_deploy.checkpoint import file_sha256
+    from amed_deploy.metadata import onnx_graph_spec
+    from amed_deploy.parity import Reference, check_backends, check_engine_source, check_graph_source, tolerance
+    from amed_deploy.runtime.manifest import manifest_path_for
+    from amed_deploy.sampling import load_model
+
+    check_suffix(onnx_path, (".onnx",), "--onnx")
+    if engine is not None:
+        check_suffix(engine, (".plan",), "--engine")
+    if json_out is not None:
+        check_suffix(json_out, (".json",), "--json")
+    if mismatch and predictor is None:
+        raise AmedError("--ignore-checkpoint-mismatch applies to --predictor")
+    inputs = [onnx_path, ckpt, predictor, engine, manifest_path_for(engine) if engine is not None else None]
+    plan_outputs({"--json": json_out}, inputs, force)
+    spec = onnx_graph_spec(onnx_path)
+    bound = tolerance(spec)
+    batch = spec.batch_opt if batch is None else batch
+    spec.check_batch(batch)
+    loaded = load_model(ckpt, predictor, allow_mismatch=mismatch)
+    predictor_sha = file_sha256(predictor) if predictor is not None else None
+    check_graph_source(onnx_path, spec, loaded, predictor_sha)
+    if engine is not None:
+        check_engine_source(engine, onnx_path, spec)
+    seeds = (seed, (seed + 1) % 2**64)
+    reference = Reference.compute(loaded.network, spec, batch, seeds)
+    results = check_backends(onnx_path, reference, engine)
+    ran = [r for r in results if r.ran]
+    if not ran:
+        raise AmedError(
+            f"no backend on this machine can run {onnx_path}: " + "; ".join(f"{r.name}: {r.reason}" for r in results)
+        )
+
+    what = f"AMED {spec.sampler.solver} NFE {spec.sampler.nfe}" if spec.kind == "amed" and spec.sampler else spec.kind
+    click.echo(
+        f"{onnx_path}: {what}, {spec.precision}, target {spec.target}; batch {batch}, seeds {seeds[0]}, {seeds[1]}; "
+        "reference: PyTorch fp32 on the CPU"
+    )
+    rows = [("backend", "output", "max abs error", "tolerance", "result")]
+    for r in results:
+        if not r.ran:
+            rows.append((r.name, "-", "-", "-", f"skipped: {r.reason}"))
+        for name, err in r.errors.items():
+            shown = f"{err:.2e}" if math.isfinite(err) else "NaN/inf"
+            rows.append((r.name, name, shown, f"{bound:.0e}", "pass" if r.passed[name] else "FAIL"))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[4])
+
+    failures = [f"{r.name} {name}" for r in ran for name, ok in r.passed.items() if not ok]
+    if json_out is not None:
+        from amed_deploy.atomic import atomic_write_bytes
+
+        report = {
+            "schema": "amed-deploy/check",
+            "onnx": str(onnx_path),
+            "onnx_sha256": file_sha256(onnx_path),
+            "checkpoint": str(ckpt),
+            "checkpoint_sha256": loaded.checkpoint_sha256,
+            "predictor": None if predictor is None else str(predictor),
+            "predictor_sha256": predictor_sha,
+            "engine": None if engine is None else str(engine),
+            "kind": spec.kind,
+            "precision": spec.precision,
+            "target": spec.target,
+            "batch": batch,
+            "seeds": list(seeds),
+            "reference": "PyTorch fp32, CPU",
+            "tolerance": bound,
+            "passed": not failures,
+            "backends": [
+                {
+                    "name": r.name,
+                    "status": r.status,
+                    "reason": r.reason or None,
+                    "outputs": {
+                        name: {
+                            "max_abs_error": err if math.isfinite(err) else None,
+                            "finite": math.isfinite(err),
+                            "tolerance": bound,
+                            "passed": r.passed[name],
+                        }
+                        for name, err in r.errors.items()
+                    },
+                }
+                for r in results
+            ],
+        }
+        atomic_write_bytes(json_out, (json.dumps(report, indent=1) + "\n").encode(), overwrite=force)
+        click.echo(f"wrote {json_out}")
+    skipped = f"; skipped: {', '.join(r.name for r in results if not r.ran)}" if len(ran) < len(results) else ""
+    if failures:
+        click.echo(f"FAIL: {', '.join(failures)} beyond tolerance {bound:.0e}{skipped}")
+        ctx.exit(EXIT_CHECK_FAILED)
+    click.echo(f"PASS: {', '.join(r.name for r in ran)} within tolerance {bound:.0e}{skipped}")
 
 
 @main.command()

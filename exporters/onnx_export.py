@@ -15,13 +15,13 @@ import copy
 import dataclasses
 import io
 import logging
+import math
 import os
 import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import onnx
 import torch
 from torch import Tensor
@@ -32,11 +32,11 @@ from amed_deploy.config import SamplerConfig
 from amed_deploy.errors import AmedError
 from amed_deploy.metadata import METADATA_KEY, TARGETS, GraphSpec
 from amed_deploy.networks.layers import ort_cuda_formulation
-from amed_deploy.runtime.executor import DENOISED, LABELS, PREDICTOR_OUTPUTS, SIGMA, SIGMA_NEXT, X
+from amed_deploy.parity import TOLERANCE, Reference, within
+from amed_deploy.parity import example_inputs as _example_inputs  # kept importable here under its old name
+from amed_deploy.parity import output_names as _output_names
 
 OPSET = 18
-# Parity bounds against the fp32 PyTorch module, on images whose scale is O(1).
-TOLERANCE = {"fp32": 1e-4, "fp16": 5e-2}
 
 
 @dataclass
@@ -87,7 +87,7 @@ def export_onnx(
     if check:
         errors = parity_errors(model.SerializeToString(), network, traced)
         bound = TOLERANCE[traced.precision]
-        if not all(np.isfinite(v) and v <= bound for v in errors.values()):
+        if not all(within(errors, bound).values()):
             raise AmedError(
                 f"exported graph disagrees with PyTorch: max abs errors {errors} exceed {bound}; nothing written"
             )
@@ -102,27 +102,6 @@ def export_onnx(
         model.metadata_props.add(key=METADATA_KEY, value=spec.to_json())
     atomic_write_bytes(out, model.SerializeToString(), overwrite=overwrite)
     return ExportResult(Path(out), spec, errors)
-
-
-def _example_inputs(spec: GraphSpec, batch: int, seed: int = 0) -> dict[str, Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    c, h, w = spec.image_shape
-    sigma = torch.exp(torch.empty(batch).uniform_(np.log(0.01), np.log(80.0), generator=gen))
-    inputs = {
-        X: torch.randn(batch, c, h, w, generator=gen) * (sigma.reshape(-1, 1, 1, 1) ** 2 + 0.25).sqrt(),
-        SIGMA: sigma,
-        SIGMA_NEXT: sigma * 0.5,
-    }
-    if spec.conditional:
-        idx = torch.randint(spec.label_dim, (batch,), generator=gen)
-        inputs[LABELS] = torch.nn.functional.one_hot(idx, spec.label_dim).float()
-    if spec.precision == "fp16":
-        inputs[X] = inputs[X].half()
-    return inputs
-
-
-def _output_names(spec: GraphSpec) -> list[str]:
-    return [DENOISED, *(PREDICTOR_OUTPUTS if spec.kind == "amed" else ())]
 
 
 def _trace(module: DeployModule, example: dict[str, Tensor], spec: GraphSpec, dynamic: bool) -> onnx.ModelProto:
@@ -162,31 +141,25 @@ def _quiet_exporter_loggers() -> None:
 
 
 def parity_errors(data: bytes, network: AMEDNetwork, spec: GraphSpec) -> dict[str, float]:
-    """Max abs error of every output, ONNX Runtime (CPU) vs the fp32 PyTorch module, at several sigmas.
-
-    Non-finite outputs of either side are an error of their own: NaN compares false, so a max over
-    NaN errors would report 0 and pass a graph that outputs only NaN."""
+    """Max abs error of every output, ONNX Runtime (CPU) vs the fp32 PyTorch module, at several sigmas
+    (`amed_deploy.parity`, shared with `amed-deploy check`). Non-finite outputs of either side are an
+    error of their own, so nothing is written."""
     import onnxruntime as ort
 
     sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    reference = DeployModule(copy.deepcopy(network).cpu(), "fp32").eval()
-    errors = dict.fromkeys(_output_names(spec), 0.0)
-    for seed in range(2):
-        inputs = _example_inputs(spec, spec.batch_opt, seed)
-        got = sess.run(None, {k: v.numpy() for k, v in inputs.items()})
-        with torch.no_grad():
-            want = reference(*(v.float() if k == X else v for k, v in inputs.items()))
-        for name, g, w in zip(errors, got, want):
-            if not torch.isfinite(w).all():
-                raise AmedError(
-                    f"the network's {name!r} output is NaN/inf on test inputs in PyTorch (damaged weights, or "
-                    "values beyond float range); nothing written"
-                )
-            if not np.isfinite(g).all():
-                raise AmedError(
-                    f"the exported graph's {name!r} output is NaN/inf on test inputs"
-                    + (" (fp16 overflow? export with --precision fp32)" if spec.precision == "fp16" else "")
-                    + "; nothing written"
-                )
-            errors[name] = max(errors[name], float(np.abs(g.astype(np.float64) - w.double().numpy()).max()))
+    try:
+        reference = Reference.compute(network, spec, spec.batch_opt)
+    except AmedError as e:
+        raise AmedError(f"{e}; nothing written") from None
+    names = _output_names(spec)
+    errors = reference.errors(
+        lambda inputs: dict(zip(names, sess.run(names, {k: v.numpy() for k, v in inputs.items()})))
+    )
+    for name, v in errors.items():
+        if not math.isfinite(v):
+            raise AmedError(
+                f"the exported graph's {name!r} output is NaN/inf on test inputs"
+                + (" (fp16 overflow? export with --precision fp32)" if spec.precision == "fp16" else "")
+                + "; nothing written"
+            )
     return errors

@@ -1,9 +1,11 @@
 """ONNX graph (made by `amed-deploy export`) -> TensorRT plan + sidecar manifest.
 
-Works against the TensorRT 10 and 11 Python APIs. Precision comes from the ONNX graph's own types:
-TRT 11 networks are always strongly typed (the FP16 builder flag is gone), and on TRT 10 we ask for a
-strongly typed network explicitly so both behave the same. After building, the engine's I/O dtypes are
-checked against the graph's precision, because a silently fp32 engine is the classic TRT 11 failure.
+Built through Polygraphy's TensorRT backend (network from the ONNX path, CreateConfig, engine bytes,
+deserialisation), for TensorRT 10 and 11. Precision comes from the ONNX graph's own types: TRT 11
+networks are always strongly typed (the FP16 builder flag is gone), and on TRT 10 we ask for a
+strongly typed network so both behave the same. What Polygraphy does not do stays here: the checks
+before building, the engine's I/O dtypes checked against the graph's precision after it (a silently
+fp32 engine is the classic TRT 11 failure), the manifest, atomic writes and one-line errors.
 
 CLI: `amed-deploy build` should call `build_command_impl(onnx, out, **options)` and print its result.
 """
@@ -14,7 +16,6 @@ import dataclasses
 import datetime
 import hashlib
 import os
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -34,7 +35,14 @@ from amed_deploy.runtime.manifest import (
     manifest_path_for,
     write_manifest,
 )
-from amed_deploy.runtime.trt_executor import engine_io, gpu_identity, import_tensorrt, make_logger, trt_major
+from amed_deploy.runtime.trt_executor import (
+    engine_io,
+    gpu_identity,
+    import_tensorrt,
+    load_engine,
+    make_logger,
+    trt_major,
+)
 
 __all__ = ["build_command_impl", "build_engine", "check_portable", "onnx_graph_spec", "profile_shapes"]
 
@@ -92,43 +100,40 @@ def build_engine(
         raise AmedError("building a TensorRT engine needs the CUDA GPU it will run on; none is visible")
     gpu_name, cc = gpu_identity(torch.device("cuda", torch.cuda.current_device()))
 
+    from polygraphy.backend import trt as poly
+    from polygraphy.exception import PolygraphyException
+    from polygraphy.logger import G_LOGGER
+
     logger = make_logger(trt)
-    builder = trt.Builder(logger)
-    network = _create_network(trt, builder)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)) or parser.num_errors:
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors)) or logger.last_errors()
-        raise AmedError(f"TensorRT could not parse {onnx_path}: {errors}")
-    names = sorted(network.get_input(i).name for i in range(network.num_inputs))
-    if names != sorted(profile):
-        raise AmedError(f"{onnx_path} has inputs {names}, its metadata promises {sorted(profile)}")
-
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
-    opt_profile = builder.create_optimization_profile()
-    for name, (lo, mid, hi) in profile.items():
-        opt_profile.set_shape(name, lo, mid, hi)
-    if config.add_optimization_profile(opt_profile) < 0:
-        raise AmedError(f"TensorRT rejected the optimization profile {profile} ({logger.last_errors()})")
-    if builder_optimization_level is not None:
-        config.builder_optimization_level = builder_optimization_level
-    if hardware_compatibility is not None:
-        config.hardware_compatibility_level = _hardware_level(trt, hardware_compatibility)
-    if version_compatible:
-        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
-    if timing_cache is not None:
-        _attach_timing_cache(config, Path(timing_cache))
-
-    plan = builder.build_serialized_network(network, config)
-    if plan is None:
-        raise AmedError(f"TensorRT failed to build an engine from {onnx_path}: {logger.last_errors()}")
-    data = bytes(plan)
-    del plan
-
-    runtime = trt.Runtime(logger)
-    if version_compatible:
-        runtime.engine_host_code_allowed = True
-    engine = runtime.deserialize_cuda_engine(data)
+    with G_LOGGER.verbosity(G_LOGGER.ERROR):
+        try:
+            builder, network, _parser = poly.network_from_onnx_path(
+                str(onnx_path),
+                # native InstanceNormalization (our GroupNorm): the plugin breaks hardware/version compatibility
+                flags=[trt.OnnxParserFlag.NATIVE_INSTANCENORM],
+                strongly_typed=trt_major(trt) < 11 or None,  # TRT 11 networks are always strongly typed
+            )
+            names = sorted(network.get_input(i).name for i in range(network.num_inputs))
+            if names != sorted(profile):
+                raise AmedError(f"{onnx_path} has inputs {names}, its metadata promises {sorted(profile)}")
+            opt_profile = poly.Profile()
+            for name, (lo, mid, hi) in profile.items():
+                opt_profile.add(name, lo, mid, hi)
+            config = poly.CreateConfig(
+                profiles=[opt_profile],
+                memory_pool_limits={trt.MemoryPoolType.WORKSPACE: int(workspace_gib * (1 << 30))},
+                load_timing_cache=str(timing_cache) if timing_cache is not None else None,
+                builder_optimization_level=builder_optimization_level,
+                hardware_compatibility_level=_hardware_level(trt, hardware_compatibility)
+                if hardware_compatibility is not None
+                else None,
+                version_compatible=version_compatible or None,
+            )(builder, network)
+            data = bytes(poly.engine_bytes_from_network((builder, network), config))
+            engine = load_engine(data, trt.Runtime(logger))
+        except PolygraphyException as e:
+            detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise AmedError(f"TensorRT could not build {onnx_path}: {detail}") from None  # its log is above
     if engine is None:
         raise AmedError(f"TensorRT could not load the engine it just built ({logger.last_errors()})")
     io = engine_io(trt, engine)
@@ -138,7 +143,7 @@ def build_engine(
         for t in io
         if t["mode"] == "input"
     }
-    del engine, runtime
+    del engine
 
     manifest = Manifest(
         plan_sha256=hashlib.sha256(data).hexdigest(),
@@ -154,7 +159,7 @@ def build_engine(
         built_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         graph=spec.to_dict(),
     )
-    if timing_cache is not None:
+    if timing_cache is not None:  # written here, atomically, not by Polygraphy (which writes in place)
         atomic_write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
     atomic_write_bytes(out_path, data, overwrite=overwrite)
     write_manifest(manifest_path_for(out_path), manifest, overwrite=overwrite)
@@ -177,39 +182,9 @@ def build_command_impl(onnx: str | os.PathLike, out: str | os.PathLike, **option
     )
 
 
-def _create_network(trt: ModuleType, builder: Any) -> Any:
-    """Strongly typed network: TRT 11 always is (flags gone, create_network(0)); TRT 10 needs the flag."""
-    if trt_major(trt) >= 11:
-        return builder.create_network(0)
-    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
-    if flag is None:
-        raise AmedError(
-            f"TensorRT {trt.__version__} cannot build strongly typed networks; install TensorRT 10 or newer"
-        )
-    return builder.create_network(1 << int(flag))
-
-
 def _hardware_level(trt: ModuleType, name: str) -> Any:
     member = {"ampere_plus": "AMPERE_PLUS", "same_cc": "SAME_COMPUTE_CAPABILITY"}[name]
     level = getattr(trt.HardwareCompatibilityLevel, member, None)
     if level is None:
         raise AmedError(f"TensorRT {trt.__version__} does not support hardware compatibility {name!r}")
     return level
-
-
-def _attach_timing_cache(config: Any, path: Path) -> None:
-    """Reuse tactic timings from an earlier build; a cache from another TRT/GPU is ignored, not fatal."""
-    if path.is_file() and path.stat().st_size:
-        try:
-            cache = config.create_timing_cache(path.read_bytes())
-        except Exception:  # TensorRT's error type for a corrupt cache is not part of its API
-            cache = None
-        if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
-            return
-        print(
-            f"[amed-deploy] timing cache {path} is from another TensorRT/GPU or corrupt; starting a new one",
-            file=sys.stderr,
-        )
-    cache = config.create_timing_cache(b"")
-    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
-        raise AmedError(f"TensorRT could not set up the timing cache {path}")

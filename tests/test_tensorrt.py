@@ -120,6 +120,9 @@ def fake_tensorrt(version: str, fp32_engine: bool = False) -> types.ModuleType:
     trt.MemoryPoolType = enum.Enum("MemoryPoolType", "WORKSPACE")
     trt.BuilderFlag = enum.Enum("BuilderFlag", "VERSION_COMPATIBLE")
     trt.HardwareCompatibilityLevel = enum.Enum("HardwareCompatibilityLevel", "NONE AMPERE_PLUS SAME_COMPUTE_CAPABILITY")
+    trt.OnnxParserFlag = enum.IntEnum("OnnxParserFlag", "NATIVE_INSTANCENORM", start=0)
+    trt.DeviceType = enum.Enum("DeviceType", "GPU DLA")
+    trt.init_libnvinfer_plugins = lambda logger, namespace: True
     trt.calls = calls = {}
 
     class ILogger:
@@ -128,18 +131,25 @@ def fake_tensorrt(version: str, fp32_engine: bool = False) -> types.ModuleType:
         def __init__(self):
             pass
 
-    class Cache:
+    class ITimingCache:
         def serialize(self):
             return b"timing"
 
-    class Config:
+    class IBuilderConfig:
         flags = ()
+        DLA_core = -1
+        default_device_type = trt.DeviceType.GPU
+        num_optimization_profiles = 0
+
+        def get_flag(self, flag):
+            return flag in self.flags
 
         def set_memory_pool_limit(self, pool, size):
             calls["workspace"] = size
 
         def add_optimization_profile(self, profile):
-            calls["profile"] = profile.shapes
+            calls["profile"] = profile._shapes
+            self.num_optimization_profiles += 1
             return 0
 
         def set_flag(self, flag):
@@ -147,29 +157,35 @@ def fake_tensorrt(version: str, fp32_engine: bool = False) -> types.ModuleType:
 
         def create_timing_cache(self, data):
             calls["cache_in"] = data
-            return Cache()
+            return ITimingCache()
 
         def set_timing_cache(self, cache, ignore_mismatch):
             return True
 
         def get_timing_cache(self):
-            return Cache()
+            return ITimingCache()
 
-    class Profile:
+    class IOptimizationProfile:
         def __init__(self):
-            self.shapes = {}
+            self._shapes = {}
 
         def set_shape(self, name, lo, opt, hi):
-            self.shapes[name] = [list(lo), list(opt), list(hi)]
+            self._shapes[name] = [list(lo), list(opt), list(hi)]
 
-    class Network:
+    class INetworkDefinition:
         def __init__(self):
-            self.io = []
+            self._io = []
 
-        num_inputs = property(lambda self: sum(t["mode"] == "input" for t in self.io))
+        num_inputs = property(lambda self: sum(t["mode"] == "input" for t in self._io))
 
         def get_input(self, i):
-            return types.SimpleNamespace(name=[t for t in self.io if t["mode"] == "input"][i]["name"])
+            t = [t for t in self._io if t["mode"] == "input"][i]
+            return types.SimpleNamespace(
+                name=t["name"], shape=tuple(t["shape"]), dtype=trt.DataType[t["dtype"]], is_shape_tensor=False
+            )
+
+        def __iter__(self):  # its layers: none of them with a precision set
+            return iter(())
 
     class Builder:
         def __init__(self, logger):
@@ -177,19 +193,27 @@ def fake_tensorrt(version: str, fp32_engine: bool = False) -> types.ModuleType:
 
         def create_network(self, flags):
             calls["network_flags"] = flags
-            return Network()
+            return INetworkDefinition()
 
-        create_builder_config = staticmethod(Config)
-        create_optimization_profile = staticmethod(Profile)
+        create_builder_config = staticmethod(IBuilderConfig)
+        create_optimization_profile = staticmethod(IOptimizationProfile)
 
         def build_serialized_network(self, network, config):
-            return json.dumps({"io": network.io, "profile": calls["profile"]}).encode()
+            return json.dumps({"io": network._io, "profile": calls["profile"]}).encode()
 
     class OnnxParser:
         num_errors = 0
 
         def __init__(self, network, logger):
-            self.network = network
+            self._network = network
+
+        @property
+        def flags(self):
+            return calls.get("parser_flags", 0)
+
+        @flags.setter
+        def flags(self, value):
+            calls["parser_flags"] = value
 
         def parse_from_file(self, path):
             g = onnx.load(path).graph
@@ -198,19 +222,19 @@ def fake_tensorrt(version: str, fp32_engine: bool = False) -> types.ModuleType:
                     t = v.type.tensor_type
                     dtype = "FLOAT" if fp32_engine or t.elem_type == TensorProto.FLOAT else "HALF"
                     shape = [d.dim_value or -1 for d in t.shape.dim]
-                    self.network.io.append({"name": v.name, "mode": mode, "dtype": dtype, "shape": shape})
+                    self._network._io.append({"name": v.name, "mode": mode, "dtype": dtype, "shape": shape})
             return True
 
-    class Engine:
+    class ICudaEngine:
         def __init__(self, d):
-            self.io, self.profile = d["io"], d["profile"]
-            self.num_io_tensors = len(self.io)
+            self._io, self._profile = d["io"], d["profile"]
+            self.num_io_tensors = len(self._io)
 
         def _t(self, name):
-            return next(t for t in self.io if t["name"] == name)
+            return next(t for t in self._io if t["name"] == name)
 
         def get_tensor_name(self, i):
-            return self.io[i]["name"]
+            return self._io[i]["name"]
 
         def get_tensor_mode(self, name):
             return trt.TensorIOMode.INPUT if self._t(name)["mode"] == "input" else trt.TensorIOMode.OUTPUT
@@ -222,18 +246,30 @@ def fake_tensorrt(version: str, fp32_engine: bool = False) -> types.ModuleType:
             return self._t(name)["shape"]
 
         def get_tensor_profile_shape(self, name, index):
-            return self.profile[name]
+            return self._profile[name]
 
     class Runtime:
         def __init__(self, logger):
             pass
 
         def deserialize_cuda_engine(self, data):
-            return Engine(json.loads(data))
+            return ICudaEngine(json.loads(data))
 
-    for cls in (ILogger, Builder, OnnxParser, Runtime):
+    classes = (ILogger, ITimingCache, IBuilderConfig, IOptimizationProfile, INetworkDefinition, Builder, OnnxParser)
+    for cls in (*classes, ICudaEngine, Runtime):
         setattr(trt, cls.__name__, cls)
     return trt
+
+
+def install_fake(monkeypatch, trt: types.ModuleType) -> None:
+    """Make `trt` the tensorrt module for our code and for Polygraphy, whose modules each hold a lazy
+    import of tensorrt that keeps the first module it resolved."""
+    import polygraphy.backend.trt  # noqa: F401  (loads the modules whose lazy imports are replaced)
+
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    for name, module in list(sys.modules.items()):
+        if name.startswith("polygraphy") and hasattr(getattr(module, "trt", None), "is_installed"):
+            monkeypatch.setattr(module, "trt", trt)
 
 
 @pytest.fixture
@@ -247,12 +283,13 @@ def fake_gpu(monkeypatch):
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_build_with_fake_tensorrt_writes_plan_manifest_and_cache(tmp_path, monkeypatch, fake_gpu, version, precision):
     trt = fake_tensorrt(version)
-    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    install_fake(monkeypatch, trt)
     onnx_path, plan = tmp_path / "g.onnx", tmp_path / "out" / "g.plan"
     identity_onnx(onnx_path, make_spec(precision), precision)
     (tmp_path / "cache").write_bytes(b"old")
     m = build_engine(onnx_path, plan, workspace_gib=0.5, timing_cache=tmp_path / "cache", batch_opt=3)
     assert trt.calls["network_flags"] == (1 << 0 if version.startswith("10.") else 0)
+    assert trt.calls["parser_flags"] == 1 << int(trt.OnnxParserFlag.NATIVE_INSTANCENORM)
     assert trt.calls["workspace"] == 1 << 29 and trt.calls["cache_in"] == b"old"
     assert trt.calls["profile"]["x"] == [[1, 3, 8, 8], [3, 3, 8, 8], [4, 3, 8, 8]]
     assert (tmp_path / "cache").read_bytes() == b"timing"
@@ -264,7 +301,7 @@ def test_build_with_fake_tensorrt_writes_plan_manifest_and_cache(tmp_path, monke
 
 
 def test_silently_fp32_engine_is_refused_and_nothing_written(tmp_path, monkeypatch, fake_gpu):
-    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt("11.4.0.106", fp32_engine=True))
+    install_fake(monkeypatch, fake_tensorrt("11.4.0.106", fp32_engine=True))
     identity_onnx(tmp_path / "g.onnx", make_spec("fp16"), "fp16")
     out = tmp_path / "out"
     with pytest.raises(AmedError, match="'x' is float32, the fp16 graph needs float16"):
@@ -273,7 +310,7 @@ def test_silently_fp32_engine_is_refused_and_nothing_written(tmp_path, monkeypat
 
 
 def test_build_refuses_bad_options_before_building(tmp_path, monkeypatch, fake_gpu):
-    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt("10.16.1.11"))
+    install_fake(monkeypatch, fake_tensorrt("10.16.1.11"))
     identity_onnx(tmp_path / "g.onnx", make_spec("fp32"))
     for kwargs, match in [
         ({"hardware_compatibility": "any"}, "hardware compatibility"),

@@ -102,6 +102,20 @@ def engine_io(trt: ModuleType, engine: Any) -> list[dict]:
     return out
 
 
+def load_engine(plan: bytes, runtime: Any) -> Any:
+    """Deserialise through Polygraphy's loader (which also allows the lean runtime that
+    version-compatible plans embed); None when TensorRT refuses the plan."""
+    from polygraphy.backend.trt import engine_from_bytes
+    from polygraphy.exception import PolygraphyException
+    from polygraphy.logger import G_LOGGER
+
+    with G_LOGGER.verbosity(G_LOGGER.CRITICAL + 1):  # our message says it, with TensorRT's own errors
+        try:
+            return engine_from_bytes(plan, runtime=runtime)
+        except PolygraphyException:
+            return None
+
+
 def gpu_identity(device: torch.device) -> tuple[str, str]:
     """(name, 'major.minor') of a CUDA device, as recorded in and checked against manifests."""
     major, minor = torch.cuda.get_device_capability(device)
@@ -151,9 +165,7 @@ class TRTExecutor:
         logger = make_logger(trt)
         with torch.cuda.device(device):
             runtime = trt.Runtime(logger)
-            if manifest.version_compatible:
-                runtime.engine_host_code_allowed = True  # version-compatible plans embed the lean runtime
-            engine = runtime.deserialize_cuda_engine(plan_path.read_bytes())
+            engine = load_engine(plan_path.read_bytes(), runtime)
             if engine is None:
                 raise AmedError(
                     f"TensorRT could not deserialise {plan_path} ({logger.last_errors()}); typical causes: a plan "
