@@ -32,9 +32,7 @@ from amed_deploy.config import SamplerConfig
 from amed_deploy.errors import AmedError
 from amed_deploy.metadata import METADATA_KEY, TARGETS, GraphSpec
 from amed_deploy.networks.layers import ort_cuda_formulation
-from amed_deploy.parity import TOLERANCE, Reference, within
-from amed_deploy.parity import example_inputs as _example_inputs  # kept importable here under its old name
-from amed_deploy.parity import output_names as _output_names
+from amed_deploy.parity import TOLERANCE, Reference, example_inputs, output_names, within
 
 OPSET = 18
 
@@ -77,7 +75,7 @@ def export_onnx(
     traced = spec if target == "portable" else dataclasses.replace(spec, precision="fp32", target="portable")
     dynamic = spec.batch_max > spec.batch_min
     module = DeployModule(copy.deepcopy(network).cpu().requires_grad_(False), traced.precision).eval()
-    example = _example_inputs(traced, max(batch, 2) if dynamic else batch)
+    example = example_inputs(traced, max(batch, 2) if dynamic else batch)
     # the ORT-CUDA graph spells some layers its own way (same values: layers.ort_cuda_formulation)
     with ort_cuda_formulation() if target == "ort-cuda" else contextlib.nullcontext():
         model = _trace(module, example, traced, dynamic)
@@ -122,7 +120,7 @@ def _trace(module: DeployModule, example: dict[str, Tensor], spec: GraphSpec, dy
                     tuple(example[n] for n in names),
                     path,
                     input_names=names,
-                    output_names=_output_names(spec),
+                    output_names=output_names(spec),
                     dynamic_shapes=dynamic_shapes,
                     opset_version=OPSET,
                     dynamo=True,
@@ -151,7 +149,7 @@ def parity_errors(data: bytes, network: AMEDNetwork, spec: GraphSpec) -> dict[st
         reference = Reference.compute(network, spec, spec.batch_opt)
     except AmedError as e:
         raise AmedError(f"{e}; nothing written") from None
-    names = _output_names(spec)
+    names = output_names(spec)
     errors = reference.errors(
         lambda inputs: dict(zip(names, sess.run(names, {k: v.numpy() for k, v in inputs.items()})))
     )
