@@ -110,7 +110,9 @@ def test_executor_without_cuda_or_manifest_is_refused(tmp_path):
 # API is exercised by the GPU tests below.
 
 
-def fake_tensorrt(version: str, fp32_engine: bool = False) -> types.ModuleType:
+def fake_tensorrt(
+    version: str, fp32_engine: bool = False, parse_error: str | None = None, build_fails: bool = False
+) -> types.ModuleType:
     trt = types.ModuleType("tensorrt")
     trt.__version__ = version
     trt.DataType = enum.Enum("DataType", "FLOAT HALF BF16 INT8 INT32 INT64 BOOL UINT8 FP8")
@@ -199,13 +201,18 @@ def fake_tensorrt(version: str, fp32_engine: bool = False) -> types.ModuleType:
         create_optimization_profile = staticmethod(IOptimizationProfile)
 
         def build_serialized_network(self, network, config):
+            if build_fails:
+                return None
             return json.dumps({"io": network._io, "profile": calls["profile"]}).encode()
 
     class OnnxParser:
-        num_errors = 0
+        num_errors = int(parse_error is not None)
 
         def __init__(self, network, logger):
             self._network = network
+
+        def get_error(self, index):
+            return parse_error
 
         @property
         def flags(self):
@@ -216,6 +223,8 @@ def fake_tensorrt(version: str, fp32_engine: bool = False) -> types.ModuleType:
             calls["parser_flags"] = value
 
         def parse_from_file(self, path):
+            if parse_error is not None:
+                return False
             g = onnx.load(path).graph
             for mode, values in (("input", g.input), ("output", g.output)):
                 for v in values:
@@ -307,6 +316,26 @@ def test_silently_fp32_engine_is_refused_and_nothing_written(tmp_path, monkeypat
     with pytest.raises(AmedError, match="'x' is float32, the fp16 graph needs float16"):
         build_engine(tmp_path / "g.onnx", out / "g.plan", timing_cache=out / "cache")
     assert not out.exists() or list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("fake", "match"),
+    [
+        ({"parse_error": "node /enc/conv: unsupported"}, "could not build .*g.onnx: Could not parse ONNX correctly"),
+        ({"build_fails": True}, "could not build .*g.onnx: Invalid Engine"),
+    ],
+)
+def test_tensorrt_failure_is_one_error_line_and_nothing_written(tmp_path, monkeypatch, fake_gpu, capsys, fake, match):
+    install_fake(monkeypatch, fake_tensorrt("11.4.0.106", **fake))
+    identity_onnx(tmp_path / "g.onnx", make_spec("fp32"))
+    out = tmp_path / "out"
+    with pytest.raises(AmedError, match=match) as e:
+        build_engine(tmp_path / "g.onnx", out / "g.plan", timing_cache=out / "cache")
+    assert "\n" not in str(e.value)
+    assert not out.exists() or list(out.iterdir()) == []
+    if "parse_error" in fake:  # TensorRT's own reason is shown above the error line
+        shown = capsys.readouterr()
+        assert fake["parse_error"] in shown.out + shown.err
 
 
 def test_build_refuses_bad_options_before_building(tmp_path, monkeypatch, fake_gpu):
