@@ -4,6 +4,7 @@ and what the exporter traces into a single ONNX graph."""
 
 from __future__ import annotations
 
+import copy
 import re
 
 import torch
@@ -12,12 +13,11 @@ from torch import Tensor, nn
 from . import __version__
 from .config import SamplerConfig
 from .errors import AmedError
+from .graph import PRECISION_DTYPES
 from .metadata import GraphSpec
 from .networks import feature_shapes
 from .predictor import FEATURE_SIZE, AMEDPredictor
 from .solvers import Evaluation
-
-IMAGE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def default_tap(net: nn.Module) -> str:
@@ -72,14 +72,17 @@ class AMEDNetwork(nn.Module):
 class DeployModule(nn.Module):
     """AMEDNetwork with the deployed graph's boundary: x and denoised in the graph's precision (the
     U-Net runs in fp16/bf16 in half-precision graphs; preconditioning, sigmas and g_phi stay fp32).
-    Traced by the exporter and run by the PyTorch executor, so both compute the same thing."""
+    Traced by the exporter and run by the PyTorch executor, so both compute the same thing.
+
+    It holds a private copy of `network`: casting, moving or freezing this module never changes the
+    caller's network (which may still be trained, exported in another precision or sampled from)."""
 
     def __init__(self, network: AMEDNetwork, precision: str = "fp32"):
         super().__init__()
-        self.network = network
-        self.image_dtype = IMAGE_DTYPES[precision]
+        self.network = copy.deepcopy(network)
+        self.image_dtype = PRECISION_DTYPES[precision]
         if precision != "fp32":
-            network.net.model.to(self.image_dtype)
+            self.network.net.model.to(self.image_dtype)
 
     def forward(self, x: Tensor, sigma: Tensor, sigma_next: Tensor, class_labels: Tensor | None = None):
         out = self.network(x.float(), sigma, sigma_next, class_labels)

@@ -329,7 +329,7 @@ def _graph_lines(spec, extra: list[str]) -> list[str]:
 def _describe_graph(path: Path, as_json: bool) -> None:
     import json
 
-    from amed_deploy.runtime.manifest import manifest_path_for, read_manifest
+    from amed_deploy.manifest import manifest_path_for, read_manifest
 
     extra: list[str] = []
     if path.suffix.lower() == ".plan":
@@ -340,7 +340,7 @@ def _describe_graph(path: Path, as_json: bool) -> None:
             f"plan sha256:  {m.plan_sha256} ({m.plan_bytes:,} bytes)",
         ]
     else:
-        from exporters.trt_build import onnx_graph_spec
+        from amed_deploy.metadata import onnx_graph_spec
 
         spec = onnx_graph_spec(path)
         record = spec.to_dict()
@@ -611,8 +611,9 @@ def build(
     onnx_path, out, workspace_gib, timing_cache, opt_level, hardware_compatibility, version_compatible, force
 ) -> None:
     """Build a TensorRT engine (strongly typed, TRT 10/11) plus its sidecar manifest OUT.json."""
-    from amed_deploy.runtime.manifest import manifest_path_for
-    from exporters.trt_build import build_command_impl, check_portable, onnx_graph_spec
+    from amed_deploy.manifest import manifest_path_for
+    from amed_deploy.metadata import onnx_graph_spec
+    from exporters.trt_build import build_command_impl, check_portable
 
     check_suffix(out, (".plan",), "--out")
     check_portable(onnx_graph_spec(onnx_path), onnx_path)  # said even where TensorRT is missing
@@ -664,10 +665,11 @@ def check(ctx, onnx_path, ckpt, predictor, engine, batch, seed, json_out, force,
     1 when any fails, 2 for bad input (e.g. a checkpoint the graph was not exported from)."""
     import json
 
+    from amed_deploy.check import check_backends, check_engine_source, check_graph_source
     from amed_deploy.checkpoint import file_sha256
+    from amed_deploy.manifest import manifest_path_for
     from amed_deploy.metadata import onnx_graph_spec
-    from amed_deploy.parity import Reference, check_backends, check_engine_source, check_graph_source, tolerance
-    from amed_deploy.runtime.manifest import manifest_path_for
+    from amed_deploy.parity import Reference, tolerance
     from amed_deploy.sampling import load_model
 
     check_suffix(onnx_path, (".onnx",), "--onnx")
@@ -788,8 +790,8 @@ def run(engine, predictor, batch, seed, classes, solver, nfe, out, npz, cuda_gra
     """Run the deployed AMED sampler loop for its fixed NFE and write images."""
     import time
 
+    from amed_deploy.manifest import manifest_path_for
     from amed_deploy.runtime import Sampler
-    from amed_deploy.runtime.manifest import manifest_path_for
 
     _image_out(out, npz)
     inputs = [engine, predictor, manifest_path_for(engine) if engine.suffix.lower() == ".plan" else None]

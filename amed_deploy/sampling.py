@@ -14,9 +14,9 @@ from .amed_network import AMEDNetwork, TorchModel, graph_spec
 from .checkpoint import build_model, file_sha256, load_checkpoint, model_sha256
 from .config import SamplerConfig, sigma_range
 from .errors import AmedError
+from .memory import check_fits
 from .noise import make_inputs
 from .predictor_file import PredictorBundle, load_predictor
-from .runtime.memory import check_fits
 from .solvers import sample
 
 

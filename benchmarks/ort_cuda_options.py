@@ -44,12 +44,12 @@ def main() -> None:
             for name, options in VARIANTS.items():
                 if name == "tf32" and precision == "fp16":
                     continue
-                ex = OnnxExecutor(graph, batch, torch.device("cuda"), provider_options=options)
+                ex = OnnxExecutor.open(graph, batch, "cuda", provider_options=options)
                 ms = cuda_time_ms(ex.run, args.repeats)
                 row = {"precision": precision, "batch": batch, "variant": name, "forward_ms": ms}
                 results["rows"].append(row)
                 print(row, flush=True)
-                del ex
+                ex.close()
                 torch.cuda.empty_cache()
     args.out.write_text(json.dumps(results, indent=1))
 

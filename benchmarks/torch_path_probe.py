@@ -89,7 +89,7 @@ def main() -> None:
             cell: dict = {"batch": batch, "variant": name}
             start = time.monotonic()
             try:
-                executor = TorchExecutor(network, spec, batch, "cuda")
+                executor = TorchExecutor.open(network, batch, "cuda", spec=spec)
                 options = variant.get("options")
                 executor.module = torch.compile(executor.module, dynamic=False, options=options)
                 executor.run()

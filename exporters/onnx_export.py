@@ -1,17 +1,15 @@
 """Trace the U-Net, its feature tap and g_phi into ONE ONNX graph that carries the whole sampler
 configuration in its metadata, then prove it: onnx.checker plus a parity run through ONNX Runtime.
 
-Graph I/O: x [B,C,H,W], sigma [B], sigma_next [B], class_labels [B,L] (conditional models only) ->
-denoised [B,C,H,W] and, with a predictor, r, c, a [B,1,1,1]. In fp16 graphs x and denoised are fp16
-and the network runs in fp16 with GroupNorm statistics and attention logits/softmax kept in fp32
-(the network code does this in either precision), while the EDM preconditioning, sigmas and the
-predictor stay fp32: TensorRT 11 is strongly typed, so the precision must be in the graph itself.
+Graph I/O is the contract of `amed_deploy.graph`. In fp16 graphs x and denoised are fp16 and the
+network runs in fp16 with GroupNorm statistics and attention logits/softmax kept in fp32 (the network
+code does this in either precision), while the EDM preconditioning, sigmas and the predictor stay
+fp32: TensorRT 11 is strongly typed, so the precision must be in the graph itself.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import io
 import logging
@@ -30,9 +28,10 @@ from amed_deploy.amed_network import AMEDNetwork, DeployModule, graph_spec
 from amed_deploy.atomic import atomic_write_bytes
 from amed_deploy.config import SamplerConfig
 from amed_deploy.errors import AmedError
+from amed_deploy.graph import output_names
 from amed_deploy.metadata import METADATA_KEY, TARGETS, GraphSpec
 from amed_deploy.networks.layers import ort_cuda_formulation
-from amed_deploy.parity import TOLERANCE, Reference, example_inputs, output_names, within
+from amed_deploy.parity import TOLERANCE, Reference, example_inputs, within
 
 OPSET = 18
 
@@ -74,7 +73,7 @@ def export_onnx(
     # what is traced and checked on the CPU: the graph itself, or for ort-cuda the fp32 graph it is made from
     traced = spec if target == "portable" else dataclasses.replace(spec, precision="fp32", target="portable")
     dynamic = spec.batch_max > spec.batch_min
-    module = DeployModule(copy.deepcopy(network).cpu().requires_grad_(False), traced.precision).eval()
+    module = DeployModule(network, traced.precision).cpu().requires_grad_(False).eval()
     example = example_inputs(traced, max(batch, 2) if dynamic else batch)
     # the ORT-CUDA graph spells some layers its own way (same values: layers.ort_cuda_formulation)
     with ort_cuda_formulation() if target == "ort-cuda" else contextlib.nullcontext():

@@ -19,6 +19,8 @@ import logging
 import onnx
 from onnx import helper
 
+from amed_deploy.graph import IMAGE_IO
+
 FP32_OPS = ["Softmax"]  # kept in fp32 by the fp16 conversion (blocking more made the converter repeat names)
 
 
@@ -98,7 +100,7 @@ def optimize_for_ort_cuda(model: onnx.ModelProto, precision: str) -> tuple[onnx.
         optimized = optimizer.optimize_model(model, model_type="unet", opt_level=0, optimization_options=options)
         if precision == "fp16":
             graph = optimized.model.graph
-            io_fp32 = [v.name for v in [*graph.input, *graph.output] if v.name not in ("x", "denoised")]
+            io_fp32 = [v.name for v in [*graph.input, *graph.output] if v.name not in IMAGE_IO]
             optimized.convert_float_to_float16(keep_io_types=io_fp32, op_block_list=FP32_OPS)
             _drop_identity_casts(optimized.model)
     finally:

@@ -25,17 +25,12 @@ import torch
 from amed_deploy.atomic import atomic_write_bytes
 from amed_deploy.checkpoint import file_sha256
 from amed_deploy.errors import AmedError
+from amed_deploy.graph import io_shapes
+from amed_deploy.manifest import HARDWARE_COMPATIBILITY, Manifest, manifest_path_for, write_manifest
 from amed_deploy.metadata import GraphSpec, onnx_graph_spec
 from amed_deploy.outputs import same_file
-from amed_deploy.runtime.executor import io_shapes
-from amed_deploy.runtime.manifest import (
-    HARDWARE_COMPATIBILITY,
-    Manifest,
+from amed_deploy.trt_common import (
     check_engine_io,
-    manifest_path_for,
-    write_manifest,
-)
-from amed_deploy.runtime.trt_executor import (
     engine_io,
     gpu_identity,
     import_tensorrt,
@@ -44,7 +39,7 @@ from amed_deploy.runtime.trt_executor import (
     trt_major,
 )
 
-__all__ = ["build_command_impl", "build_engine", "check_portable", "onnx_graph_spec", "profile_shapes"]
+__all__ = ["build_command_impl", "build_engine", "check_portable", "profile_shapes"]
 
 
 def check_portable(spec: GraphSpec, onnx_path: str | os.PathLike) -> None:

@@ -18,9 +18,10 @@ from test_manifest import make_manifest
 from amed_deploy import assets
 from amed_deploy.checkpoint import Checkpoint, file_sha256, save_checkpoint
 from amed_deploy.cli import main
+from amed_deploy.graph import output_names
+from amed_deploy.manifest import manifest_path_for, write_manifest
 from amed_deploy.metadata import onnx_graph_spec
-from amed_deploy.parity import Reference, output_names
-from amed_deploy.runtime.manifest import manifest_path_for, write_manifest
+from amed_deploy.parity import Reference
 from amed_deploy.sampling import load_model
 from exporters.onnx_export import parity_errors
 

@@ -256,6 +256,7 @@ NOT_APPLICABLE = [
     Case([*RUN, "--engine", "{d}/g.onnx", "--predictor", "{d}/amed5.pt", "--out", "{d}/s.png"], "predictor"),
     Case([*RUN, "--engine", "{d}/g.onnx", "--ignore-checkpoint-mismatch", "--out", "{d}/s.png"], "mismatch"),
     Case([*RUN, "--engine", "{d}/g.onnx", "--cuda-graph", "--out", "{d}/s.png"], "CPU"),
+    Case([*RUN, "--engine", "{d}/edm.pt", "--ignore-checkpoint-mismatch", "--out", "{d}/s.png"], "--predictor"),
     Case([*RUN[:3], "--engine", "{d}/edm.pt", "--batch", "0", "--out", "{d}/s.png"], "--batch"),
     Case(["export", "--ckpt", "{d}/edm.pt", "--fixed-batch", "--max-batch", "8", "--out", "{d}/x.onnx"], "--fixed"),
     Case(["export", "--ckpt", "{d}/edm.pt", "--batch", "99", "--out", "{d}/x.onnx"], "--max-batch"),
@@ -347,6 +348,27 @@ def test_api_accepts_numpy_and_torch_integers(api_sampler):
 def test_api_refuses_options_that_do_not_apply(amed_onnx, kwargs, match):
     with pytest.raises(AmedError, match=match):
         Sampler.load(amed_onnx, **{"device": "cpu", **kwargs})
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, match",
+    [
+        ("g.plan", {"predictor": "amed5.pt"}, r"predictor \(--predictor\) applies to the PyTorch executor"),
+        ("g.plan", {"precision": "fp16"}, "precision applies to the PyTorch executor.*not applicable to a TensorRT"),
+        ("g.plan", {"ignore_checkpoint_mismatch": True}, "mismatch.*applies to the PyTorch executor"),
+        ("g.plan", {"compile": True}, "compile applies to the PyTorch executor.*not applicable to a TensorRT"),
+        ("g.plan", {"provider_options": {}}, "provider_options apply to ONNX Runtime.*not applicable to a TensorRT"),
+        ("edm.pt", {"provider_options": {}}, "provider_options apply to ONNX Runtime.*not applicable to a checkpoint"),
+        ("edm.pt", {"ignore_checkpoint_mismatch": True}, r"mismatch.*applies to predictor \(--predictor\)"),
+        ("edm.pt", {"afs": False}, "afs applies to solver"),
+    ],
+)
+def test_api_refuses_options_of_another_backend_before_reading_the_file(tmp_path, name, kwargs, match):
+    """The option is refused, naming the backend it applies to, before the file is even opened."""
+    path = tmp_path / name
+    path.write_bytes(b"not a model: never read")
+    with pytest.raises(AmedError, match=match):
+        Sampler.load(path, device="cpu", **kwargs)
 
 
 @NO_CUDA

@@ -12,9 +12,10 @@ import torch
 from click.testing import CliRunner
 from conftest import tiny_net
 
-from amed_deploy.amed_network import AMEDNetwork
+from amed_deploy.amed_network import AMEDNetwork, DeployModule, graph_spec
 from amed_deploy.cli import main
 from amed_deploy.errors import AmedError
+from amed_deploy.graph import PRECISION_DTYPES
 from amed_deploy.metadata import METADATA_KEY, GraphSpec
 from amed_deploy.runtime import Sampler
 from amed_deploy.sampling import baseline_sampler, reference_sample
@@ -86,6 +87,18 @@ def test_torch_executor_in_half_precision(tmp_path, tiny_ckpt, distilled, precis
         with pytest.raises(AmedError, match="precision must be fp32 or fp16"):
             export_onnx(network, tmp_path / "g.onnx", sampler=sampler, precision="bf16")
         assert not (tmp_path / "g.onnx").exists()
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_deploy_module_leaves_the_callers_network_unchanged(precision):
+    """DeployModule casts a private copy: the caller's network keeps its fp32 weights and gradients."""
+    network = AMEDNetwork(tiny_net())
+    before = {k: v.clone() for k, v in network.state_dict().items()}
+    module = DeployModule(network, precision).requires_grad_(False)
+    assert {p.dtype for p in module.network.net.model.parameters()} == {PRECISION_DTYPES[precision]}
+    assert {p.dtype for p in network.parameters()} == {torch.float32}
+    assert all(p.requires_grad for p in network.parameters())
+    assert all(torch.equal(v, before[k]) for k, v in network.state_dict().items())
 
 
 def test_fp16_graph(tmp_path, distilled):
@@ -211,3 +224,25 @@ def test_every_executor_declares_whether_the_sampler_may_capture_it():
         "TorchExecutor": True,
         "TRTExecutor": True,
     }
+
+
+def test_every_executor_opens_runs_and_closes(amed_onnx, distilled):
+    """One shape for every backend: open(source, batch, device, **backend options), run(), close()."""
+    from amed_deploy.runtime.executor import Executor
+    from amed_deploy.runtime.onnx_executor import OnnxExecutor
+    from amed_deploy.runtime.torch_executor import TorchExecutor
+    from amed_deploy.runtime.trt_executor import TRTExecutor
+
+    assert all(issubclass(cls, Executor) for cls in (OnnxExecutor, TorchExecutor, TRTExecutor))
+    network, sampler, *_ = distilled
+    spec = graph_spec(network, sampler, "fp32", 2)
+    for executor in (OnnxExecutor.open(amed_onnx, 2, "cpu"), TorchExecutor.open(network, 2, "cpu", spec=spec)):
+        with executor:
+            executor.inputs["sigma"].fill_(1.0)
+            executor.inputs["sigma_next"].fill_(0.5)
+            executor.run()
+            assert torch.isfinite(executor.outputs["denoised"]).all()
+            assert executor.outputs["denoised"].shape == (2, 1, 16, 16)
+        assert executor.inputs == executor.outputs == {}  # buffers released
+        with pytest.raises(AmedError, match="closed"):
+            executor.run()

@@ -9,18 +9,18 @@ import os
 
 import pytest
 
+from amed_deploy import manifest as mf
 from amed_deploy.config import SamplerConfig
 from amed_deploy.errors import AmedError
-from amed_deploy.metadata import GraphSpec
-from amed_deploy.runtime import manifest as mf
-from amed_deploy.runtime.manifest import (
+from amed_deploy.manifest import (
     Manifest,
-    check_engine_io,
     check_manifest,
     manifest_path_for,
     read_manifest,
     write_manifest,
 )
+from amed_deploy.metadata import GraphSpec
+from amed_deploy.trt_common import check_engine_io
 
 TRT = "10.16.1.11"
 GPU, CC = "NVIDIA H100 80GB HBM3", "9.0"

@@ -12,7 +12,7 @@ from test_manifest import make_manifest
 from amed_deploy import assets
 from amed_deploy.checkpoint import file_sha256, load_checkpoint, model_sha256
 from amed_deploy.cli import main
-from amed_deploy.runtime.manifest import manifest_path_for, write_manifest
+from amed_deploy.manifest import manifest_path_for, write_manifest
 
 bundled = pytest.mark.skipif(bool(assets.missing()), reason="bundled demo files are not in this checkout")
 

@@ -17,11 +17,11 @@ from amed_deploy import amed_network
 from amed_deploy.amed_network import graph_spec
 from amed_deploy.config import MAX_NFE, SamplerConfig
 from amed_deploy.errors import AmedError
+from amed_deploy.manifest import manifest_path_for, read_manifest
+from amed_deploy.memory import available_bytes, estimate_bytes
 from amed_deploy.metadata import METADATA_KEY, TARGETS, GraphSpec, spec_from_metadata_props
 from amed_deploy.networks import feature_shapes
 from amed_deploy.runtime import Sampler
-from amed_deploy.runtime.manifest import manifest_path_for, read_manifest
-from amed_deploy.runtime.memory import available_bytes, estimate_bytes
 
 # --- graph metadata fields -------------------------------------------------------------------------
 

@@ -17,11 +17,11 @@ from torch import nn
 
 from amed_deploy.config import SamplerConfig
 from amed_deploy.errors import AmedError
-from amed_deploy.metadata import METADATA_KEY, GraphSpec
-from amed_deploy.runtime.manifest import check_manifest, manifest_path_for, read_manifest
+from amed_deploy.manifest import check_manifest, manifest_path_for, read_manifest
+from amed_deploy.metadata import METADATA_KEY, GraphSpec, onnx_graph_spec
 from amed_deploy.runtime.trt_executor import TRTExecutor
 from exporters import trt_build
-from exporters.trt_build import build_command_impl, build_engine, onnx_graph_spec, profile_shapes
+from exporters.trt_build import build_command_impl, build_engine, profile_shapes
 
 NO_TRT = "TensorRT is not installed (pip install 'amed-deploy[tensorrt]'); these tests need `import tensorrt`"
 

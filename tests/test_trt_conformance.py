@@ -24,7 +24,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
-TRT_CODE = [ROOT / "exporters" / "trt_build.py", ROOT / "amed_deploy" / "runtime" / "trt_executor.py"]
+# every module that calls TensorRT (the builder, the executor and the helpers they share)
+TRT_CODE = [
+    ROOT / "exporters" / "trt_build.py",
+    ROOT / "amed_deploy" / "runtime" / "trt_executor.py",
+    ROOT / "amed_deploy" / "trt_common.py",
+]
 # variables that hold TensorRT objects in that code (the module itself is `trt`)
 TRT_OBJECTS = {"trt", "builder", "network", "config", "engine", "context", "runtime"}
 SUPPORTED = (10, 11)  # the code claims both (trt_build's docstring, import_tensorrt's version check)

@@ -5,19 +5,25 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from ..errors import AmedError
+from ..graph import SIGMA, SIGMA_NEXT, dtype_name, image_dtype, io_dtype, io_shapes
 from ..metadata import GraphSpec, onnx_graph_spec, spec_from_metadata_props
-from .executor import CUDA_SETUP_LOCK, DENOISED, SIGMA, SIGMA_NEXT, X, allocate, image_dtype, io_shapes
+from .executor import CUDA_SETUP_LOCK, Executor, allocate
 
+if TYPE_CHECKING:
+    import onnxruntime as ort
+
+# ONNX Runtime's names of the graph dtypes it runs (bf16 graphs are a PyTorch-executor precision).
 _ORT_TYPES = {torch.float32: "tensor(float)", torch.float16: "tensor(float16)"}
-_NP_TYPES = {torch.float32: np.float32, torch.float16: np.float16}
 
 
-def open_session(path: str | os.PathLike, providers: list | None = None):
+def open_session(path: str | os.PathLike, providers: list | None = None) -> ort.InferenceSession:
     """An InferenceSession with friendly errors for missing, truncated or foreign files."""
     import onnxruntime as ort
 
@@ -36,35 +42,53 @@ def open_session(path: str | os.PathLike, providers: list | None = None):
         raise AmedError(f"{path} is not a loadable ONNX graph (truncated or corrupt?): {first}") from None
 
 
-def read_spec(session, source: str) -> GraphSpec:
+def read_spec(session: ort.InferenceSession, source: str) -> GraphSpec:
+    """The GraphSpec an open session's graph carries."""
     return spec_from_metadata_props(dict(session.get_modelmeta().custom_metadata_map), source)
 
 
-class OnnxExecutor:
-    """Runs an exported graph with preallocated torch buffers bound through ORT's I/O binding."""
+class OnnxExecutor(Executor):
+    """Runs an exported graph with preallocated torch buffers bound through ORT's I/O binding.
+    Backend options: `cuda_graph` (ORT records and replays its own CUDA graph) and `provider_options`."""
 
     capturable = False  # ORT records its own CUDA graph (enable_cuda_graph)
 
     def __init__(
         self,
-        path: str | os.PathLike,
-        batch: int | None,
+        spec: GraphSpec,
         device: torch.device,
+        session: ort.InferenceSession,
+        binding: ort.IOBinding,
+        inputs: dict[str, Tensor],
+        outputs: dict[str, Tensor],
+        cuda_graph: bool,
+    ):
+        super().__init__(spec, device, inputs, outputs)
+        self.session, self.binding, self.cuda_graph = session, binding, cuda_graph
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike,
+        batch: int | None = None,
+        device: torch.device | str = "cpu",
+        *,
         cuda_graph: bool = False,
         provider_options: dict[str, str] | None = None,
-    ):
-        """`provider_options` override the CUDA provider's defaults (ORT's documented names, e.g.
-        use_tf32="1", which our fp32 sessions switch off so that fp32 graphs compute in fp32)."""
-        self.device = torch.device(device)
+    ) -> OnnxExecutor:
+        """Open a session, check the graph against its metadata, bind buffers for `batch` (default: the
+        graph's optimum). `provider_options` override the CUDA provider's defaults (ORT's documented
+        names, e.g. use_tf32="1", which our fp32 sessions switch off so that fp32 graphs compute in fp32)."""
+        device = torch.device(device)
         target = onnx_graph_spec(path).target if Path(path).is_file() else "portable"
-        if target == "ort-cuda" and self.device.type != "cuda":
+        if target == "ort-cuda" and device.type != "cuda":
             raise AmedError(
                 f"{path} was exported for ONNX Runtime's CUDA provider (target ort-cuda: contrib ops the CPU "
                 "provider lacks); run it on a CUDA device, or export the portable graph for the CPU"
             )
-        if self.device.type == "cuda":
+        if device.type == "cuda":
             options = {
-                "device_id": self.device.index or 0,
+                "device_id": device.index or 0,
                 "use_tf32": "0",
                 # Measured on the H100 (docs/BENCHMARKS.md): the exhaustive search picks convolution
                 # kernels 2x slower on the fp16 CIFAR-10 graph at batch 256; elsewhere within 3%.
@@ -75,38 +99,33 @@ class OnnxExecutor:
             if cuda_graph:
                 options["enable_cuda_graph"] = "1"
             else:  # share torch's stream so torch ops and ORT kernels stay ordered without host syncs
-                options["user_compute_stream"] = str(torch.cuda.current_stream(self.device).cuda_stream)
+                options["user_compute_stream"] = str(torch.cuda.current_stream(device).cuda_stream)
             options.update(provider_options or {})
             providers = [("CUDAExecutionProvider", options)]
         elif provider_options:
             raise AmedError("provider_options configure ONNX Runtime's CUDA provider; this session runs on the CPU")
         else:
             providers = ["CPUExecutionProvider"]
-        self.session = open_session(path, providers)
-        if self.device.type == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
+        session = open_session(path, providers)
+        if device.type == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
             raise AmedError("ONNX Runtime has no CUDA provider here: install onnxruntime-gpu with CUDA 13")
-        self.spec = read_spec(self.session, str(path))
-        if image_dtype(self.spec) not in _ORT_TYPES:
-            raise AmedError(f"{path}: {self.spec.precision} graphs are not supported by ONNX Runtime here")
-        batch = self.spec.batch_opt if batch is None else batch
-        self.spec.check_batch(batch)
-        self._check_signature(path, batch)  # before allocating: the buffers' sizes come from the metadata
-        self.inputs, self.outputs = allocate(self.spec, batch, self.device)
-        self.cuda_graph = cuda_graph
-        self.binding = self.session.io_binding()
-        for group, bind in ((self.inputs, self.binding.bind_input), (self.outputs, self.binding.bind_output)):
+        spec = read_spec(session, str(path))
+        if image_dtype(spec) not in _ORT_TYPES:
+            raise AmedError(f"{path}: {spec.precision} graphs are not supported by ONNX Runtime here")
+        batch = spec.batch_opt if batch is None else batch
+        spec.check_batch(batch)
+        _check_signature(session, spec, path, batch)  # before allocating: the buffers' sizes come from the metadata
+        inputs, outputs = allocate(spec, batch, device)
+        binding = session.io_binding()
+        for group, bind in ((inputs, binding.bind_input), (outputs, binding.bind_output)):
             for name, t in group.items():
-                bind(
-                    name,
-                    self.device.type,
-                    self.device.index or 0,
-                    _NP_TYPES[t.dtype],
-                    list(t.shape),
-                    t.data_ptr(),
-                )
-        if self.device.type == "cuda":
+                element_type = np.dtype(dtype_name(t.dtype)).type
+                bind(name, device.type, device.index or 0, element_type, list(t.shape), t.data_ptr())
+        executor = cls(spec, device, session, binding, inputs, outputs, cuda_graph)
+        if device.type == "cuda":
             with CUDA_SETUP_LOCK:
-                self._warm_up()
+                executor._warm_up()
+        return executor
 
     def _warm_up(self) -> None:
         """Make the first runs now, one session at a time: they choose kernels and allocate, and with
@@ -128,49 +147,52 @@ class OnnxExecutor:
                 "PyTorch or TensorRT executor, whose whole-loop CUDA graph works"
             ) from None
 
-    def _check_signature(self, path: str | os.PathLike, batch: int) -> None:
-        """The metadata must describe the graph it sits in: same I/O names, dtypes and shapes.
-
-        Metadata can be edited without touching the graph; a static-batch graph whose record claims a
-        batch range of 1e9 would otherwise size buffers (and the memory check) from the claim."""
-        ins, outs = io_shapes(self.spec, batch)
-        img = _ORT_TYPES[image_dtype(self.spec)]
-        for kind, expected, args in (
-            ("input", ins, self.session.get_inputs()),
-            ("output", outs, self.session.get_outputs()),
-        ):
-            have = {a.name: a for a in args}
-            if set(have) != set(expected):
-                raise AmedError(
-                    f"{path}: metadata and graph disagree: graph {kind}s are {sorted(have)}, "
-                    f"metadata implies {sorted(expected)}"
-                )
-            for name, shape in expected.items():
-                dtype = img if name in (X, DENOISED) else _ORT_TYPES[torch.float32]
-                if have[name].type != dtype:
-                    raise AmedError(f"{path}: graph I/O {name!r} is {have[name].type}, metadata implies {dtype}")
-                self._check_shape(path, name, have[name].shape, shape)
-
-    def _check_shape(self, path: str | os.PathLike, name: str, real: object, shape: tuple[int, ...]) -> None:
-        spec = self.spec
-        claim = f"metadata says {spec.image_shape} images, label_dim {spec.label_dim}"
-        if not isinstance(real, (list, tuple)) or len(real) != len(shape):
-            raise AmedError(f"{path}: metadata and graph disagree: graph I/O {name!r} has shape {real}, {claim}")
-        dims = [d if isinstance(d, int) else None for d in real]  # symbolic dims: str or None
-        if dims[1:] != list(shape[1:]):
-            raise AmedError(
-                f"{path}: metadata and graph disagree: graph I/O {name!r} has shape {list(real)}, "
-                f"expected {list(shape)} ({claim})"
-            )
-        static = dims[0]
-        if static is not None and not (static == shape[0] == spec.batch_min == spec.batch_max):
-            raise AmedError(
-                f"{path}: metadata and graph disagree: graph I/O {name!r} has the real shape {list(real)} "
-                f"(static batch {static}), but the metadata claims batch range {spec.batch_min}..{spec.batch_max} "
-                f"and batch {shape[0]} was requested; re-export the graph"
-            )
-
-    def run(self) -> None:
+    def _execute(self) -> None:
         if self.device.type == "cuda" and self.cuda_graph:
             torch.cuda.current_stream(self.device).synchronize()  # ORT replays on its own stream
         self.session.run_with_iobinding(self.binding)
+
+    def _release(self) -> None:
+        self.binding = self.session = None
+
+
+def _check_signature(session: ort.InferenceSession, spec: GraphSpec, path: str | os.PathLike, batch: int) -> None:
+    """The metadata must describe the graph it sits in: same I/O names, dtypes and shapes.
+
+    Metadata can be edited without touching the graph; a static-batch graph whose record claims a
+    batch range of 1e9 would otherwise size buffers (and the memory check) from the claim."""
+    ins, outs = io_shapes(spec, batch)
+    for kind, expected, args in (
+        ("input", ins, session.get_inputs()),
+        ("output", outs, session.get_outputs()),
+    ):
+        have = {a.name: a for a in args}
+        if set(have) != set(expected):
+            raise AmedError(
+                f"{path}: metadata and graph disagree: graph {kind}s are {sorted(have)}, "
+                f"metadata implies {sorted(expected)}"
+            )
+        for name, shape in expected.items():
+            dtype = _ORT_TYPES[io_dtype(spec, name)]
+            if have[name].type != dtype:
+                raise AmedError(f"{path}: graph I/O {name!r} is {have[name].type}, metadata implies {dtype}")
+            _check_shape(spec, path, name, have[name].shape, shape)
+
+
+def _check_shape(spec: GraphSpec, path: str | os.PathLike, name: str, real: object, shape: tuple[int, ...]) -> None:
+    claim = f"metadata says {spec.image_shape} images, label_dim {spec.label_dim}"
+    if not isinstance(real, (list, tuple)) or len(real) != len(shape):
+        raise AmedError(f"{path}: metadata and graph disagree: graph I/O {name!r} has shape {real}, {claim}")
+    dims = [d if isinstance(d, int) else None for d in real]  # symbolic dims: str or None
+    if dims[1:] != list(shape[1:]):
+        raise AmedError(
+            f"{path}: metadata and graph disagree: graph I/O {name!r} has shape {list(real)}, "
+            f"expected {list(shape)} ({claim})"
+        )
+    static = dims[0]
+    if static is not None and not (static == shape[0] == spec.batch_min == spec.batch_max):
+        raise AmedError(
+            f"{path}: metadata and graph disagree: graph I/O {name!r} has the real shape {list(real)} "
+            f"(static batch {static}), but the metadata claims batch range {spec.batch_min}..{spec.batch_max} "
+            f"and batch {shape[0]} was requested; re-export the graph"
+        )

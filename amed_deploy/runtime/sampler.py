@@ -22,12 +22,13 @@ from ..amed_network import graph_spec
 from ..config import SamplerConfig, sigma_range
 from ..devices import resolve_device
 from ..errors import AmedError
+from ..graph import DENOISED, LABELS, SIGMA, SIGMA_NEXT, A, C, R, X
 from ..metadata import GraphSpec
 from ..noise import as_int, make_inputs
 from ..solvers import Evaluation, canonical_solver, sample
-from .executor import CUDA_SETUP_LOCK, DENOISED, LABELS, SIGMA, SIGMA_NEXT, A, C, Executor, R, X
+from .executor import CUDA_SETUP_LOCK, Executor
+from .options import ONNX, TENSORRT, backend_of, refuse_inapplicable
 
-CHECKPOINT_SUFFIXES = (".pt", ".safetensors", ".pkl")
 T = TypeVar("T")
 REBUILD = (
     "rebuild it with Sampler.load (after a sticky CUDA error such as an illegal memory access or a "
@@ -118,30 +119,40 @@ class Sampler:
         `schedule`, `afs`) choose a training-free solver on a plain denoiser; an AMED graph fixes its
         own. A checkpoint runs in `precision` fp32 (default), fp16 or bf16, with `compile` through
         torch.compile; `provider_options` tune an `.onnx` file's ONNX Runtime CUDA provider.
-        An option that does not apply to the file or device is refused, never ignored."""
+        An option that does not apply to the file or device is refused, never ignored (`runtime.options`)."""
         path = Path(path)
         dev = resolve_device(device)
-        suffix = path.suffix.lower()
         if batch is not None:
             batch = as_int(batch, "batch")
             if batch < 1:
                 raise AmedError(f"batch must be >= 1, got {batch}")
-        _refuse_inapplicable(suffix, dev, predictor, precision, ignore_checkpoint_mismatch, compile, provider_options)
-        if cuda_graph and dev.type != "cuda":
-            raise AmedError("cuda_graph (--cuda-graph) records the loop on a CUDA GPU; this sampler runs on the CPU")
-        if solver is None and (schedule is not None or afs is not None):
-            raise AmedError("schedule and afs choose the time points of a --solver; pass a solver too")
+        backend = backend_of(path)
+        refuse_inapplicable(
+            backend,
+            dev,
+            predictor=predictor,
+            precision=precision,
+            ignore_checkpoint_mismatch=ignore_checkpoint_mismatch,
+            compile=compile,
+            provider_options=provider_options,
+            cuda_graph=cuda_graph,
+            solver=solver,
+            schedule=schedule,
+            afs=afs,
+        )
         schedule, afs = schedule or "polynomial", bool(afs)
-        if suffix == ".onnx":
+        if backend is ONNX:
             from .onnx_executor import OnnxExecutor
 
-            executor: Executor = OnnxExecutor(path, batch, dev, cuda_graph, provider_options)
-        elif suffix == ".plan":
+            executor: Executor = OnnxExecutor.open(
+                path, batch, dev, cuda_graph=cuda_graph, provider_options=provider_options
+            )
+        elif backend is TENSORRT:
             from .trt_executor import TRTExecutor
 
             executor = TRTExecutor.open(path, batch, dev)
         else:
-            executor = _torch_executor(
+            executor = _open_checkpoint(
                 path, predictor, 1 if batch is None else batch, dev, precision or "fp32", solver, nfe, schedule, afs,
                 ignore_checkpoint_mismatch, compile,
             )  # fmt: skip
@@ -245,37 +256,8 @@ def resolve_sampler(
     return cfg
 
 
-def _refuse_inapplicable(
-    suffix: str,
-    dev: torch.device,
-    predictor: object,
-    precision: str | None,
-    ignore_checkpoint_mismatch: bool,
-    compile: bool,
-    provider_options: dict[str, str] | None,
-) -> None:
-    """Options meant for another kind of file are an error: silently ignoring them hides a mistake."""
-    if suffix not in (".onnx", ".plan", *CHECKPOINT_SUFFIXES):
-        raise AmedError(
-            f"unknown file type {suffix!r}; expected .plan, .onnx or a checkpoint (.pt, .safetensors, .pkl)"
-        )
-    if suffix in (".onnx", ".plan"):
-        graph = "an exported graph" if suffix == ".onnx" else "a TensorRT plan"
-        for given, what in (
-            (predictor is not None, "predictor (--predictor): the graph already contains its predictor"),
-            (precision is not None, "precision: the graph's precision was fixed at export"),
-            (ignore_checkpoint_mismatch, "ignore_checkpoint_mismatch: it pairs a predictor with a checkpoint"),
-            (compile, "compile applies to the PyTorch executor: load a checkpoint"),
-        ):
-            if given:
-                raise AmedError(f"{what}; not applicable to {graph}")
-    if provider_options and suffix != ".onnx":
-        raise AmedError("provider_options apply to ONNX Runtime: load a .onnx file")
-    if provider_options and dev.type != "cuda":
-        raise AmedError("provider_options configure ONNX Runtime's CUDA provider; this session runs on the CPU")
-
-
-def _torch_executor(path, predictor, batch, dev, precision, solver, nfe, schedule, afs, mismatch, compile) -> Executor:
+def _open_checkpoint(path, predictor, batch, dev, precision, solver, nfe, schedule, afs, mismatch, compile) -> Executor:
+    """Load the checkpoint (+ predictor), describe it as the graph it would export to, and open it."""
     from ..sampling import load_model
     from .torch_executor import TorchExecutor
 
@@ -285,7 +267,7 @@ def _torch_executor(path, predictor, batch, dev, precision, solver, nfe, schedul
         lo, hi = sigma_range(loaded.network.net)
         own = SamplerConfig.create(solver, nfe, schedule, lo, hi, afs)
     spec = graph_spec(loaded.network, own, precision, batch, checkpoint_sha256=loaded.checkpoint_sha256)
-    return TorchExecutor(loaded.network, spec, batch, dev, compile=compile)
+    return TorchExecutor.open(loaded.network, batch, dev, spec=spec, compile=compile)
 
 
 def _is_device_fault(e: Exception) -> bool:

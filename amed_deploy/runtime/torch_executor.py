@@ -3,45 +3,64 @@ as the engines. In fp32 on the CPU it is the reference the deployed graphs are c
 
 from __future__ import annotations
 
-import copy
-
 import torch
+from torch import Tensor
 
 from ..amed_network import AMEDNetwork, DeployModule
+from ..graph import output_names
 from ..metadata import GraphSpec
-from .executor import DENOISED, PREDICTOR_OUTPUTS, allocate
+from .executor import Executor, allocate
 
 
-class TorchExecutor:
+class TorchExecutor(Executor):
     """Evaluates DeployModule(network) on the input buffers; channels_last on CUDA where it helps convs.
 
-    compile=True hands the module to torch.compile (Inductor fuses GroupNorm, SiLU and the elementwise
-    glue between convolutions; its own CUDA graphs are left off because the Sampler records the whole
-    loop as one). Compilation happens on the first run, for this batch size, and takes a minute or so."""
+    Backend option compile=True hands the module to torch.compile (Inductor fuses GroupNorm, SiLU and the
+    elementwise glue between convolutions; its own CUDA graphs are left off because the Sampler records
+    the whole loop as one). Compilation happens on the first run, for this batch size, and takes a minute
+    or so."""
 
     capturable = True
 
     def __init__(
         self,
-        network: AMEDNetwork,
         spec: GraphSpec,
-        batch: int,
-        device: torch.device | str = "cpu",
-        compile: bool = False,
+        device: torch.device,
+        module: torch.nn.Module,
+        inputs: dict[str, Tensor],
+        outputs: dict[str, Tensor],
     ):
-        self.spec = spec
-        self.device = torch.device(device)
-        network = copy.deepcopy(network).to(self.device).eval().requires_grad_(False)
-        self.module = DeployModule(network, spec.precision).eval()
-        if self.device.type == "cuda":
-            self.module.to(memory_format=torch.channels_last)
+        super().__init__(spec, device, inputs, outputs)
+        self.module = module
+        self._names = output_names(spec)
+
+    @classmethod
+    def open(
+        cls,
+        network: AMEDNetwork,
+        batch: int | None = None,
+        device: torch.device | str = "cpu",
+        *,
+        spec: GraphSpec,
+        compile: bool = False,
+    ) -> TorchExecutor:
+        """`network` in the precision `spec` records (graph_spec of this network), for `batch` (default:
+        the spec's optimum); the caller's network is left as it is (DeployModule holds its own copy)."""
+        device = torch.device(device)
+        batch = spec.batch_opt if batch is None else batch
+        module = DeployModule(network, spec.precision).to(device).eval().requires_grad_(False)
+        if device.type == "cuda":
+            module.to(memory_format=torch.channels_last)
         if compile:
-            self.module = torch.compile(self.module, dynamic=False)
-        self.inputs, self.outputs = allocate(spec, batch, self.device)
-        self._names = [DENOISED, *(PREDICTOR_OUTPUTS if spec.kind == "amed" else ())]
+            module = torch.compile(module, dynamic=False)
+        inputs, outputs = allocate(spec, batch, device)
+        return cls(spec, device, module, inputs, outputs)
 
     @torch.no_grad()
-    def run(self) -> None:
+    def _execute(self) -> None:
         out = self.module(*self.inputs.values())
         for name, value in zip(self._names, out, strict=True):
             self.outputs[name].copy_(value)
+
+    def _release(self) -> None:
+        self.module = None

@@ -5,7 +5,8 @@ the manifest records both, plus the plan's SHA-256 and the whole graph spec (sam
 which makes plan + manifest self-describing. `check_manifest` runs before deserialising, turning
 TensorRT's opaque "expecting library version X got Y" / None into a message that says what to do.
 
-Pure Python: importable without TensorRT.
+Written by the builder (exporters/trt_build.py) and read by the runtime, `info` and `check`, so it
+belongs to neither. Pure Python: importable without TensorRT.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from ..atomic import atomic_write_bytes
-from ..checkpoint import file_sha256
-from ..errors import AmedError
-from ..metadata import (
+from .atomic import atomic_write_bytes
+from .checkpoint import file_sha256
+from .errors import AmedError
+from .metadata import (
     MAX_BATCH,
     FieldError,
     GraphSpec,
@@ -29,7 +30,6 @@ from ..metadata import (
     strict_list,
     strict_str,
 )
-from .executor import DENOISED, X, io_shapes
 
 SCHEMA = "amed-deploy/trt-manifest"
 SCHEMA_VERSION = 1
@@ -257,32 +257,6 @@ def _check_gpu(m: Manifest, gpu_name: str, compute_capability: str) -> None:
             f"{what}: TensorRT tunes a plan for one GPU model: {REBUILD} on this GPU "
             "(or build with --hardware-compatibility same_cc to share one plan across GPUs of one compute capability)"
         )
-
-
-def check_engine_io(spec: GraphSpec, io: list[dict]) -> None:
-    """Refuse an engine whose I/O names, directions or dtypes differ from what the graph spec promises.
-
-    The classic TensorRT 11 failure is an engine that silently runs in fp32 although the graph is fp16
-    (precision now comes only from the ONNX types): its x/denoised would be float32 here.
-    """
-    ins, outs = io_shapes(spec, spec.batch_min)
-    image = "float16" if spec.precision == "fp16" else "float32"
-    expected = {n: ("input", image if n == X else "float32") for n in ins}
-    expected.update({n: ("output", image if n == DENOISED else "float32") for n in outs})
-    got = {t["name"]: (t["mode"], t["dtype"]) for t in io}
-    if set(got) != set(expected):
-        raise AmedError(f"engine I/O tensors {sorted(got)} differ from the graph's {sorted(expected)}")
-    for name, (mode, dtype) in expected.items():
-        if got[name][0] != mode:
-            raise AmedError(f"engine tensor {name!r} is an {got[name][0]}, expected an {mode}")
-        if got[name][1] != dtype:
-            hint = ""
-            if name in (X, DENOISED) and spec.precision == "fp16":
-                hint = (
-                    " (TensorRT built an fp32 engine from an fp16 graph: TensorRT 11 networks are strongly typed, "
-                    "so the ONNX itself must be fp16; re-export with --precision fp16)"
-                )
-            raise AmedError(f"engine tensor {name!r} is {got[name][1]}, the {spec.precision} graph needs {dtype}{hint}")
 
 
 def _version_tuple(v: object) -> tuple[int, ...]:

@@ -9,11 +9,10 @@ import os
 
 import torch
 
-from ..errors import AmedError
-from ..metadata import GraphSpec
-from .executor import DENOISED, X, image_dtype, io_shapes
+from .errors import AmedError
+from .graph import X, io_dtype, io_shapes
+from .metadata import GraphSpec
 
-FP32_BYTES = 4
 NO_SAMPLER_HISTORY = 6  # image-sized tensors a solver chosen at load time keeps (max_order 4 + 2)
 ACTIVATION_KEY = "activation_bytes_per_sample"  # GraphSpec.network: recorded by graph_spec
 
@@ -21,14 +20,10 @@ ACTIVATION_KEY = "activation_bytes_per_sample"  # GraphSpec.network: recorded by
 def buffer_bytes(spec: GraphSpec, batch: int) -> int:
     """The executor's I/O buffers plus the sampler loop's own state (noise, x, slope/history tensors)."""
     ins, outs = io_shapes(spec, batch)
-    image_bytes = torch.empty((), dtype=image_dtype(spec)).element_size()
-    total = sum(
-        math.prod(shape) * (image_bytes if name in (X, DENOISED) else FP32_BYTES)
-        for name, shape in [*ins.items(), *outs.items()]
-    )
+    total = sum(math.prod(shape) * io_dtype(spec, name).itemsize for name, shape in [*ins.items(), *outs.items()])
     history = NO_SAMPLER_HISTORY if spec.sampler is None else spec.sampler.max_order + 2
     image = math.prod(ins[X])
-    return total + (2 + history) * image * FP32_BYTES  # 2: the noise buffer and x
+    return total + (2 + history) * image * torch.float32.itemsize  # 2: the noise buffer and x
 
 
 def activation_bytes(spec: GraphSpec, batch: int) -> int:
