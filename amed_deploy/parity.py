@@ -255,7 +255,7 @@ def check_graph_source(
 def check_engine_source(engine: str | os.PathLike, onnx_path: str | os.PathLike, spec: GraphSpec) -> None:
     """A TensorRT plan must have been built from this ONNX graph (its manifest records the graph's sha256);
     read from the manifest alone, so it is checked on machines without TensorRT too."""
-    from .checkpoint import file_sha256
+    from .files import file_sha256
     from .runtime.manifest import manifest_path_for, read_manifest
 
     manifest = read_manifest(manifest_path_for(engine))

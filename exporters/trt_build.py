@@ -22,9 +22,8 @@ from typing import Any
 
 import torch
 
-from amed_deploy.atomic import atomic_write_bytes
-from amed_deploy.checkpoint import file_sha256
 from amed_deploy.errors import AmedError
+from amed_deploy.files import atomic_write_bytes, file_sha256
 from amed_deploy.metadata import GraphSpec, onnx_graph_spec
 from amed_deploy.outputs import same_file
 from amed_deploy.runtime.executor import io_shapes
