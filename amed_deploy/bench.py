@@ -21,9 +21,10 @@ from pathlib import Path
 import torch
 
 from .amed_network import AMEDNetwork, TorchModel
-from .checkpoint import Checkpoint, file_sha256, model_sha256, save_checkpoint
+from .checkpoint.format import Checkpoint, model_sha256, save_checkpoint
 from .config import SamplerConfig
 from .errors import AmedError
+from .files import file_sha256
 from .networks import CIFAR10_KWARGS, build_network, randomize_
 from .noise import make_inputs
 from .predictor import AMEDPredictor

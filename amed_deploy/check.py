@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .checkpoint import file_sha256
 from .errors import AmedError
+from .files import file_sha256
 from .manifest import manifest_path_for, read_manifest
 from .metadata import GraphSpec
 from .parity import Reference, RunFn, tolerance, within

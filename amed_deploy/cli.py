@@ -33,7 +33,7 @@ class _Group(click.Group):
     Ctrl-C, unwinds the command so no temp file is left behind."""
 
     def main(self, args: Any = None, prog_name: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:
-        from amed_deploy.atomic import sigterm_raises_exit
+        from amed_deploy.files import sigterm_raises_exit
 
         with sigterm_raises_exit():
             try:
@@ -267,7 +267,9 @@ def convert(snapshot: Path, out: Path, dtype: str, force: bool) -> None:
 
     The pickle is read with an allow-list: nothing embedded in it is executed. Also converts between
     .pt and .safetensors checkpoints (the format follows OUT's extension)."""
-    from amed_deploy.checkpoint import file_sha256, load_checkpoint, save_checkpoint
+    from amed_deploy.checkpoint.format import save_checkpoint
+    from amed_deploy.checkpoint.load import load_checkpoint
+    from amed_deploy.files import file_sha256
 
     check_suffix(out, CHECKPOINT_SUFFIXES, "--out")
     plan_outputs({"--out": out}, [snapshot], force)
@@ -358,7 +360,9 @@ def info(path: Path, as_json: bool) -> None:
     TensorRT .plan (through its manifest): what it computes and for which sampler, batch and precision."""
     import json
 
-    from amed_deploy.checkpoint import describe_checkpoint, load_checkpoint, model_sha256
+    from amed_deploy.checkpoint.describe import describe_checkpoint
+    from amed_deploy.checkpoint.format import model_sha256
+    from amed_deploy.checkpoint.load import load_checkpoint
 
     if path.suffix.lower() in (".onnx", ".plan"):
         _describe_graph(path, as_json)
@@ -441,8 +445,8 @@ def distill(ckpt: Path, nfe: int, out: Path | None, force: bool, device, minutes
     (or a smaller --kimg) bounds it."""
     from tqdm.auto import tqdm
 
-    from amed_deploy.checkpoint import file_sha256
     from amed_deploy.distill import DistillConfig, distill_predictor
+    from amed_deploy.files import file_sha256
     from amed_deploy.predictor_file import save_predictor
     from amed_deploy.sampling import load_model
 
@@ -557,7 +561,7 @@ def export(
 
     The graph is checked with onnx.checker and against PyTorch through ONNX Runtime before it is
     written; the measured errors are printed."""
-    from amed_deploy.checkpoint import file_sha256
+    from amed_deploy.files import file_sha256
     from amed_deploy.sampling import load_model
     from exporters.onnx_export import export_onnx
 
@@ -666,7 +670,7 @@ def check(ctx, onnx_path, ckpt, predictor, engine, batch, seed, json_out, force,
     import json
 
     from amed_deploy.check import check_backends, check_engine_source, check_graph_source
-    from amed_deploy.checkpoint import file_sha256
+    from amed_deploy.files import file_sha256
     from amed_deploy.manifest import manifest_path_for
     from amed_deploy.metadata import onnx_graph_spec
     from amed_deploy.parity import Reference, tolerance
@@ -717,7 +721,7 @@ def check(ctx, onnx_path, ckpt, predictor, engine, batch, seed, json_out, force,
 
     failures = [f"{r.name} {name}" for r in ran for name, ok in r.passed.items() if not ok]
     if json_out is not None:
-        from amed_deploy.atomic import atomic_write_bytes
+        from amed_deploy.files import atomic_write_bytes
 
         report = {
             "schema": "amed-deploy/check",
@@ -864,9 +868,10 @@ def bench(networks, nfes, batches, paths, repeats, out, minutes, resume, force) 
     import torch
 
     from amed_deploy import assets
-    from amed_deploy.atomic import atomic_write_bytes
     from amed_deploy.bench import PATHS, random_cifar10, render_markdown, rows_to_json, run_bench
-    from amed_deploy.checkpoint import build_model, load_checkpoint
+    from amed_deploy.checkpoint.build import build_model
+    from amed_deploy.checkpoint.load import load_checkpoint
+    from amed_deploy.files import atomic_write_bytes
 
     check_suffix(out, (".md",), "--out")
     results = Path(f"{out}.json")
@@ -1125,7 +1130,7 @@ def eval_command(
     table = render_results_markdown(results)
     click.echo(table)
     if markdown is not None:
-        from amed_deploy.atomic import atomic_write_bytes
+        from amed_deploy.files import atomic_write_bytes
 
         atomic_write_bytes(markdown, table.encode(), overwrite=force)
         click.echo(f"wrote {markdown}")

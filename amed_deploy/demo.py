@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 from . import assets
-from .checkpoint import file_sha256
 from .data import CLASS_NAMES
 from .errors import AmedError
+from .files import file_sha256
 from .images import grid, save_image
 
 COLUMNS = 6

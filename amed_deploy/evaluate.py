@@ -29,10 +29,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .amed_network import AMEDNetwork, TorchModel
-from .atomic import atomic_write_bytes
 from .config import SamplerConfig, sigma_range
 from .data import from_model_space
 from .errors import AmedError
+from .files import atomic_write_bytes
 from .noise import make_inputs
 from .sampling import baseline_sampler, reference_sample
 from .solvers import EVALS_PER_INTERVAL, SolverConfig, canonical_solver, make_schedule, nfe_for, sample

@@ -45,9 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .atomic import atomic_write_bytes
-from .checkpoint import file_sha256
 from .errors import AmedError
+from .files import atomic_write_bytes, file_sha256
 
 INCEPTION_SIZE = 299
 FEATURE_DIM = 2048

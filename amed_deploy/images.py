@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from torch import Tensor
 
-from .atomic import atomic_write_bytes
+from .files import atomic_write_bytes
 from .outputs import IMAGE_FORMATS, check_suffix
 
 

@@ -17,9 +17,8 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from .atomic import atomic_write_bytes
-from .checkpoint import file_sha256
 from .errors import AmedError
+from .files import atomic_write_bytes, file_sha256
 from .metadata import (
     MAX_BATCH,
     FieldError,
@@ -30,9 +29,10 @@ from .metadata import (
     strict_list,
     strict_str,
 )
+from .records import check_stamp, stamp
 
-SCHEMA = "amed-deploy/trt-manifest"
-SCHEMA_VERSION = 1
+FORMAT = "amed-deploy/trt-manifest"
+FORMAT_VERSION = 1
 HARDWARE_COMPATIBILITY = ("ampere_plus", "same_cc")
 REBUILD = "rebuild with amed-deploy build"
 MAX_PLAN_BYTES = 2**40  # 1 TiB: no real plan comes near
@@ -62,7 +62,7 @@ class Manifest:
         return GraphSpec.from_dict(self.graph)
 
     def to_dict(self) -> dict:
-        return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, **asdict(self)}
+        return {**stamp(FORMAT, FORMAT_VERSION), **asdict(self)}
 
 
 def manifest_path_for(plan_path: str | os.PathLike) -> Path:
@@ -103,11 +103,7 @@ def _from_dict(d: object) -> Manifest:
     if not isinstance(d, dict):
         raise AmedError("not a JSON object")
     check_nesting(d, "the manifest")
-    if d.get("schema") != SCHEMA:
-        raise AmedError(f"schema is {d.get('schema')!r}, expected {SCHEMA!r}")
-    version = d.get("schema_version")
-    if type(version) is not int or version != SCHEMA_VERSION:  # not True, not 1.0
-        raise AmedError(f"schema version {version!r} is not supported (supports {SCHEMA_VERSION})")
+    check_stamp(d, FORMAT, FORMAT_VERSION, "it", "a TensorRT plan manifest made by `amed-deploy build`")
     names = {f.name for f in fields(Manifest)}
     missing = sorted(n for n in names if n not in d)
     if missing:

@@ -14,10 +14,11 @@ from pathlib import Path
 
 from .config import SamplerConfig
 from .errors import AmedError
+from .records import check_stamp, stamp
 
 METADATA_KEY = "amed_deploy"
-SCHEMA = "amed-deploy/graph"
-SCHEMA_VERSION = 1
+FORMAT = "amed-deploy/graph"
+FORMAT_VERSION = 1
 KINDS = ("amed", "denoiser")
 PRECISIONS = ("fp32", "fp16", "bf16")  # bf16: the PyTorch executor only (exporters refuse it)
 # What a graph was exported for: standard ONNX that any runtime (TensorRT 10/11 too) parses, or a graph
@@ -165,8 +166,7 @@ class GraphSpec:
             raise AmedError(f"batch {batch} is outside this graph's range ({allowed}); re-export with --batch")
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["schema"], d["schema_version"] = SCHEMA, SCHEMA_VERSION
+        d = {**asdict(self), **stamp(FORMAT, FORMAT_VERSION)}
         d["sampler"] = None if self.sampler is None else self.sampler.to_dict()
         d["image_shape"] = list(self.image_shape)
         d["afs_rca"] = None if self.afs_rca is None else list(self.afs_rca)
@@ -181,14 +181,7 @@ class GraphSpec:
         if not isinstance(d, dict):
             raise AmedError("amed-deploy metadata is not a JSON object")
         check_nesting(d, "amed-deploy metadata")
-        if d.get("schema") != SCHEMA:
-            raise AmedError(f"amed-deploy metadata has schema {_show(d.get('schema'))}, expected {SCHEMA!r}")
-        version = d.get("schema_version")
-        if type(version) is not int or version != SCHEMA_VERSION:  # not True, not 1.0
-            raise AmedError(
-                f"graph metadata schema version {_show(version)} is not supported by this amed-deploy "
-                f"(supports {SCHEMA_VERSION}); re-export the graph with this version"
-            )
+        check_stamp(d, FORMAT, FORMAT_VERSION, "amed-deploy metadata", "a graph record made by `amed-deploy export`")
         try:
             sampler = None if d.get("sampler") is None else SamplerConfig.from_dict(d["sampler"])
             c, h, w = strict_list(d["image_shape"], "image_shape", 3)

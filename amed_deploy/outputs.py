@@ -1,7 +1,7 @@
 """What a command may write, decided before any work starts: the file type its name promises, never
 over an input of the same call, never two outputs on one file, and an existing file only with --force.
 
-The final write repeats the existence check atomically (`atomic` with overwrite=False), so a file
+The final write repeats the existence check atomically (`files` with overwrite=False), so a file
 that appears while a long command runs is not replaced either."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from .atomic import check_target
 from .errors import AmedError
+from .files import check_target
 
 IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")

@@ -1,7 +1,7 @@
 """Predictor files (`amed5.pt`): g_phi's weights plus everything needed to sample with it, and the
 hash of the model it was distilled for, so it is never silently paired with another model.
 
-The binding is `model_sha256` (checkpoint.model_sha256: class, kwargs and weight values), so the
+The binding is `model_sha256` (checkpoint.format.model_sha256: class, kwargs and weight values), so the
 same weights converted between .pt and .safetensors or stored in fp16 keep their predictors;
 `checkpoint_sha256`, the file's hash, stays as provenance and is the binding for files written
 before `model_sha256` existed. The field is optional on read, so the format version stays 1 (and
@@ -21,15 +21,17 @@ from typing import Any
 import torch
 
 from . import __version__
-from .atomic import atomic_write_bytes
-from .checkpoint import pickled_global
+from .checkpoint.format import pickled_global
 from .config import SamplerConfig
 from .errors import AmedError
+from .files import atomic_write_bytes
 from .predictor import AMEDPredictor, PredictorConfig
+from .records import check_stamp, stamp
 
 FORMAT = "amed-deploy/predictor"
 FORMAT_VERSION = 1
 MISMATCH_HINT = "use the checkpoint it was distilled for, or pass --ignore-checkpoint-mismatch"
+_KIND = "an amed-deploy predictor file (made by `amed-deploy distill`)"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 # g_phi is ~9k parameters; these bounds keep a damaged config from allocating gigabytes.
 _MAX_HIDDEN = 1 << 16
@@ -43,15 +45,14 @@ class PredictorBundle:
     tap: str
     checkpoint_sha256: str  # sha256 of the checkpoint file it was distilled against (provenance)
     training: dict = field(default_factory=dict)  # teacher, kimg, lr, seed, losses, versions
-    model_sha256: str | None = None  # checkpoint.model_sha256 of that model: what loading checks
+    model_sha256: str | None = None  # checkpoint.format.model_sha256 of that model: what loading checks
 
 
 def save_predictor(path: str | os.PathLike, bundle: PredictorBundle, *, overwrite: bool = True) -> None:
     """Write atomically; loadable with torch.load(weights_only=True). `overwrite=False` refuses an
     existing `path` (the CLI without --force) instead of replacing it."""
     payload = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        **stamp(FORMAT, FORMAT_VERSION),
         "predictor_config": bundle.predictor.config.to_dict(),
         "state_dict": {k: v.detach().cpu().clone() for k, v in bundle.predictor.state_dict().items()},
         "sampler": bundle.sampler.to_dict(),
@@ -135,10 +136,9 @@ def load_predictor(
     (the file has no model hash and no file hash was given) is refused too, never skipped.
     """
     payload = _read_payload(path)
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise AmedError(f"{path} is not an amed-deploy predictor file (made by `amed-deploy distill`)")
-    if payload.get("format_version") != FORMAT_VERSION:
-        raise AmedError(f"{path}: predictor format version {payload.get('format_version')} is not supported")
+    if not isinstance(payload, dict):
+        raise AmedError(f"{path} is not {_KIND}: it holds a {type(payload).__name__}, not a dict")
+    check_stamp(payload, FORMAT, FORMAT_VERSION, str(path), _KIND)
     try:
         predictor = AMEDPredictor(_predictor_config(payload["predictor_config"], path))
         state = payload["state_dict"]

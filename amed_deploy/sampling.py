@@ -11,9 +11,12 @@ import torch
 from torch import Tensor
 
 from .amed_network import AMEDNetwork, TorchModel, graph_spec
-from .checkpoint import build_model, file_sha256, load_checkpoint, model_sha256
+from .checkpoint.build import build_model
+from .checkpoint.format import model_sha256
+from .checkpoint.load import load_checkpoint
 from .config import SamplerConfig, sigma_range
 from .errors import AmedError
+from .files import file_sha256
 from .memory import check_fits
 from .noise import make_inputs
 from .predictor_file import PredictorBundle, load_predictor

@@ -18,9 +18,11 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .atomic import atomic_write_bytes
-from .checkpoint import Checkpoint, build_model, load_checkpoint, save_checkpoint
+from .checkpoint.build import build_model
+from .checkpoint.format import Checkpoint, save_checkpoint
+from .checkpoint.load import load_checkpoint
 from .errors import AmedError
+from .files import atomic_write_bytes
 from .networks import build_network
 
 STATE_FILE, CHECKPOINT_FILE, BUNDLE_FILE = "train-state.pt", "edm.pt", "edm-fp16.safetensors"

@@ -18,7 +18,8 @@ import torch
 
 from amed_deploy.amed_network import AMEDNetwork
 from amed_deploy.bench import bench_sampler, random_cifar10, wall_time_ms
-from amed_deploy.checkpoint import Checkpoint, file_sha256, model_sha256, save_checkpoint
+from amed_deploy.checkpoint.format import Checkpoint, model_sha256, save_checkpoint
+from amed_deploy.files import file_sha256
 from amed_deploy.predictor import AMEDPredictor
 from amed_deploy.predictor_file import PredictorBundle, save_predictor
 from amed_deploy.runtime import Sampler

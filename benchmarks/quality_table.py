@@ -22,7 +22,6 @@ from pathlib import Path
 
 import torch
 
-from amed_deploy.atomic import atomic_write_bytes
 from amed_deploy.evaluate import (
     SOLVER_NAMES,
     ReferenceCache,
@@ -37,6 +36,7 @@ from amed_deploy.evaluate import (
     trajectory_pca,
     write_json,
 )
+from amed_deploy.files import atomic_write_bytes
 from amed_deploy.images import grid, save_image
 from amed_deploy.sampling import load_model, reference_sample
 

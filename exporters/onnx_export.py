@@ -25,9 +25,9 @@ import torch
 from torch import Tensor
 
 from amed_deploy.amed_network import AMEDNetwork, DeployModule, graph_spec
-from amed_deploy.atomic import atomic_write_bytes
 from amed_deploy.config import SamplerConfig
 from amed_deploy.errors import AmedError
+from amed_deploy.files import atomic_write_bytes
 from amed_deploy.graph import output_names
 from amed_deploy.metadata import METADATA_KEY, TARGETS, GraphSpec
 from amed_deploy.networks.layers import ort_cuda_formulation

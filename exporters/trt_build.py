@@ -22,9 +22,8 @@ from typing import Any
 
 import torch
 
-from amed_deploy.atomic import atomic_write_bytes
-from amed_deploy.checkpoint import file_sha256
 from amed_deploy.errors import AmedError
+from amed_deploy.files import atomic_write_bytes, file_sha256
 from amed_deploy.graph import io_shapes
 from amed_deploy.manifest import HARDWARE_COMPATIBILITY, Manifest, manifest_path_for, write_manifest
 from amed_deploy.metadata import GraphSpec, onnx_graph_spec

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from amed_deploy.checkpoint import Checkpoint, file_sha256, load_checkpoint, model_sha256, save_checkpoint
+from amed_deploy.checkpoint.format import Checkpoint, model_sha256, save_checkpoint
+from amed_deploy.checkpoint.load import load_checkpoint
 from amed_deploy.distill import DistillConfig, distill
+from amed_deploy.files import file_sha256
 from amed_deploy.networks import build_network, randomize_
 from amed_deploy.predictor_file import PredictorBundle, save_predictor
 
@@ -50,7 +52,7 @@ def tiny_ckpt(workdir) -> Path:
 @pytest.fixture(scope="session")
 def distilled(workdir, tiny_ckpt):
     """(network with trained predictor, sampler config, losses, predictor path)."""
-    from amed_deploy.checkpoint import build_model
+    from amed_deploy.checkpoint.build import build_model
 
     ckpt = load_checkpoint(tiny_ckpt)
     net = build_model(ckpt)

@@ -10,9 +10,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from amed_deploy import assets
-from amed_deploy.checkpoint import file_sha256
 from amed_deploy.cli import main
 from amed_deploy.data import CLASS_NAMES
+from amed_deploy.files import file_sha256
 from amed_deploy.predictor_file import load_predictor
 from amed_deploy.sampling import load_model, reference_sample
 
@@ -21,7 +21,8 @@ pytestmark = pytest.mark.skipif(bool(assets.missing()), reason="bundled demo fil
 
 def test_bundle_is_small_and_predictors_are_bound_to_it():
     assert assets.MODEL.stat().st_size < 20e6
-    from amed_deploy.checkpoint import load_checkpoint, model_sha256
+    from amed_deploy.checkpoint.format import model_sha256
+    from amed_deploy.checkpoint.load import load_checkpoint
 
     sha = model_sha256(load_checkpoint(assets.MODEL))
     for solver, files in (("amed", assets.PREDICTORS), ("amed_ipndm", assets.PLUGIN_PREDICTORS)):
@@ -97,6 +98,7 @@ def test_demo_rebuilds_a_cached_graph_that_is_not_its_own(tmp_path, damage):
 
 
 def _demo_hashes() -> tuple[str, str]:
-    from amed_deploy.checkpoint import load_checkpoint, model_sha256
+    from amed_deploy.checkpoint.format import model_sha256
+    from amed_deploy.checkpoint.load import load_checkpoint
 
     return model_sha256(load_checkpoint(assets.MODEL)), file_sha256(assets.PREDICTORS[5])

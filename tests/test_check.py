@@ -16,8 +16,9 @@ from onnx import numpy_helper
 from test_manifest import make_manifest
 
 from amed_deploy import assets
-from amed_deploy.checkpoint import Checkpoint, file_sha256, save_checkpoint
+from amed_deploy.checkpoint.format import Checkpoint, save_checkpoint
 from amed_deploy.cli import main
+from amed_deploy.files import file_sha256
 from amed_deploy.graph import output_names
 from amed_deploy.manifest import manifest_path_for, write_manifest
 from amed_deploy.metadata import onnx_graph_spec

@@ -15,17 +15,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_edm_pickle import TINY_KWARGS, TINY_KWARGS_PLAIN, TinyNet, assert_same_state_dict, same_bits, write_snapshot
 
-from amed_deploy.checkpoint import (
-    FORMAT,
-    Checkpoint,
-    build_model,
-    describe_checkpoint,
-    file_sha256,
-    load_checkpoint,
-    save_checkpoint,
-)
+from amed_deploy.checkpoint.build import build_model
+from amed_deploy.checkpoint.describe import describe_checkpoint
+from amed_deploy.checkpoint.format import FORMAT, Checkpoint, save_checkpoint
+from amed_deploy.checkpoint.load import load_checkpoint
 from amed_deploy.cli import main
 from amed_deploy.errors import AmedError
+from amed_deploy.files import file_sha256
 
 
 def make_ckpt(**kw) -> Checkpoint:

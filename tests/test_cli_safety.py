@@ -17,7 +17,7 @@ import torch
 from click.testing import CliRunner
 from conftest import TINY_KWARGS, tiny_net
 
-from amed_deploy.checkpoint import Checkpoint, save_checkpoint
+from amed_deploy.checkpoint.format import Checkpoint, save_checkpoint
 from amed_deploy.cli import main
 from amed_deploy.errors import AmedError
 from amed_deploy.runtime import Sampler

@@ -35,7 +35,7 @@ def test_distillation_beats_dpm_solver_2_on_held_out_noise(distilled):
 
 
 def test_distillation_leaves_the_network_unchanged(distilled, tiny_ckpt):
-    from amed_deploy.checkpoint import load_checkpoint
+    from amed_deploy.checkpoint.load import load_checkpoint
 
     network, *_ = distilled
     saved = load_checkpoint(tiny_ckpt).state_dict
@@ -45,7 +45,8 @@ def test_distillation_leaves_the_network_unchanged(distilled, tiny_ckpt):
 
 @pytest.mark.parametrize("student", ["amed_euler", "amed_ipndm"])
 def test_plugin_students_train_and_sample(tiny_ckpt, student):
-    from amed_deploy.checkpoint import build_model, load_checkpoint
+    from amed_deploy.checkpoint.build import build_model
+    from amed_deploy.checkpoint.load import load_checkpoint
 
     net = build_model(load_checkpoint(tiny_ckpt))
     cfg = DistillConfig(student=student, nfe=5, afs=True, batch=4, kimg=0.012, schedule="polynomial")
@@ -60,7 +61,8 @@ def test_plugin_distillation_beats_its_untrained_predictor(tiny_ckpt):
     """The iPNDM plugin learns while continuing from its own outputs (multistep history)."""
     from dataclasses import replace
 
-    from amed_deploy.checkpoint import build_model, load_checkpoint
+    from amed_deploy.checkpoint.build import build_model
+    from amed_deploy.checkpoint.load import load_checkpoint
 
     net = build_model(load_checkpoint(tiny_ckpt))
     cfg = replace(TINY_DISTILL, student="amed_ipndm", kimg=0.24)
@@ -163,7 +165,7 @@ def test_cli_distill_and_sample(tmp_path, tiny_ckpt):
 
 
 def test_predictor_for_another_checkpoint_is_refused(tmp_path, distilled):
-    from amed_deploy.checkpoint import Checkpoint, save_checkpoint
+    from amed_deploy.checkpoint.format import Checkpoint, save_checkpoint
 
     other = tmp_path / "other.pt"
     save_checkpoint(Checkpoint("EDMPrecond", dict(TINY_KWARGS), tiny_net(seed=1).state_dict(), {}), other)

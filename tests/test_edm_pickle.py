@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from amed_deploy.edm_pickle import (
+from amed_deploy.checkpoint.edm_pickle import (
     ALLOWED_GLOBALS,
     InertModule,
     PersistentRecord,

@@ -47,8 +47,11 @@ def predictor_file(tmp_path_factory, tiny_ckpt):
     """An (untrained) AMED-Solver NFE 5 predictor for the tiny checkpoint: evaluation does not care
     how good it is, and training one would cost seconds."""
     from amed_deploy.amed_network import default_tap
-    from amed_deploy.checkpoint import build_model, file_sha256, load_checkpoint, model_sha256
+    from amed_deploy.checkpoint.build import build_model
+    from amed_deploy.checkpoint.format import model_sha256
+    from amed_deploy.checkpoint.load import load_checkpoint
     from amed_deploy.distill import DistillConfig, sampler_for
+    from amed_deploy.files import file_sha256
     from amed_deploy.predictor import AMEDPredictor, PredictorConfig
     from amed_deploy.predictor_file import PredictorBundle, save_predictor
 
@@ -161,7 +164,8 @@ def test_baseline_afs_rule():
 
 
 def test_plan_cells_and_predictors(network, tmp_path, predictor_file, tiny_ckpt):
-    from amed_deploy.checkpoint import load_checkpoint, model_sha256
+    from amed_deploy.checkpoint.format import model_sha256
+    from amed_deploy.checkpoint.load import load_checkpoint
 
     pred_path, sampler = predictor_file  # AMED-Solver, NFE 5
     (tmp_path / "amed5.pt").write_bytes(pred_path.read_bytes())

@@ -28,7 +28,9 @@ def _ref_error(images, ref):
 
 
 def test_graph_io_and_metadata_round_trip(amed_onnx, distilled, tiny_ckpt):
-    from amed_deploy.checkpoint import file_sha256, load_checkpoint, model_sha256
+    from amed_deploy.checkpoint.format import model_sha256
+    from amed_deploy.checkpoint.load import load_checkpoint
+    from amed_deploy.files import file_sha256
 
     network, sampler, _, pred = distilled
     model = onnx.load(amed_onnx)

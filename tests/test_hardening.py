@@ -15,17 +15,12 @@ from conftest import TINY_KWARGS, tiny_net
 from safetensors.torch import save_file
 
 from amed_deploy import assets, networks
-from amed_deploy.checkpoint import (
-    Checkpoint,
-    build_model,
-    file_sha256,
-    load_checkpoint,
-    model_sha256,
-    plain_json,
-    save_checkpoint,
-)
+from amed_deploy.checkpoint.build import build_model
+from amed_deploy.checkpoint.format import Checkpoint, model_sha256, plain_json, save_checkpoint
+from amed_deploy.checkpoint.load import load_checkpoint
 from amed_deploy.config import SamplerConfig
 from amed_deploy.errors import AmedError
+from amed_deploy.files import file_sha256
 from amed_deploy.networks import (
     NETWORK_CLASSES,
     TINY_ADM_KWARGS,

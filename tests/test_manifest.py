@@ -169,7 +169,7 @@ def test_bad_manifest_file_names_the_file(tmp_path, content):
         lambda d: d.update(plan_bytes="4096"),
         lambda d: d.update(compute_capability="sm90"),
         lambda d: d.update(hardware_compatibility="everything"),
-        lambda d: d.update(schema_version=99),
+        lambda d: d.update(format_version=99),
         lambda d: d["graph"].update(precision="int3"),
     ],
 )
@@ -190,7 +190,7 @@ def test_write_manifest_is_atomic(plan, monkeypatch):
     def fail(*args):
         raise OSError("disk full")
 
-    monkeypatch.setattr("amed_deploy.atomic.os.replace", fail)
+    monkeypatch.setattr("amed_deploy.files.os.replace", fail)
     with pytest.raises(OSError, match="disk full"):
         write_manifest(path, make_manifest(plan, gpu_name="other"))
     assert path.read_bytes() == before

@@ -10,8 +10,10 @@ from click.testing import CliRunner
 from test_manifest import make_manifest
 
 from amed_deploy import assets
-from amed_deploy.checkpoint import file_sha256, load_checkpoint, model_sha256
+from amed_deploy.checkpoint.format import model_sha256
+from amed_deploy.checkpoint.load import load_checkpoint
 from amed_deploy.cli import main
+from amed_deploy.files import file_sha256
 from amed_deploy.manifest import manifest_path_for, write_manifest
 
 bundled = pytest.mark.skipif(bool(assets.missing()), reason="bundled demo files are not in this checkout")

@@ -154,7 +154,7 @@ def test_sampler_inconsistencies_are_refused(record):
         "kind as a number": put(record, ("kind",), 1),
         "network as pairs": put(record, ("network",), [["class", "x"]]),
         "activation bytes as a string": put(record, ("network", "activation_bytes_per_sample"), "1"),
-        "schema version true": put(record, ("schema_version",), True),
+        "format version true": put(record, ("format_version",), True),
     }
     for what, d in cases.items():
         with pytest.raises(AmedError):

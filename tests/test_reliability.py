@@ -50,7 +50,7 @@ def test_metadata_parser_only_ever_raises_its_own_error(text):
             "batch_max",
             "sampler",
             "afs_rca",
-            "schema_version",
+            "format_version",
         ]
     ),
     value=json_values,
@@ -88,7 +88,7 @@ def test_writer_killed_mid_write_leaves_nothing(tmp_path):
     target = tmp_path / "big.bin"
     code = (
         "import sys, time\n"
-        "from amed_deploy.atomic import atomic_open\n"
+        "from amed_deploy.files import atomic_open\n"
         "with atomic_open(sys.argv[1]) as f:\n"
         "    for _ in range(10_000):\n"
         "        f.write(b'x' * 65536); f.flush(); time.sleep(0.001)\n"
@@ -107,16 +107,16 @@ def test_writer_killed_mid_write_leaves_nothing(tmp_path):
 def test_full_or_read_only_destination_fails_cleanly(tmp_path, monkeypatch, err):
     """A disk that fills up (write fails) or a read-only destination (rename fails): an OSError
     reaches the caller, the old file is intact and no temp file is left behind."""
-    from amed_deploy import atomic
+    from amed_deploy import files
 
     target = tmp_path / "samples.png"
     target.write_bytes(b"old")
     if err == errno.ENOSPC:
-        monkeypatch.setattr(atomic, "open", _failing_open(err), raising=False)
+        monkeypatch.setattr(files, "open", _failing_open(err), raising=False)
     else:
-        monkeypatch.setattr(atomic.os, "replace", lambda *a: (_ for _ in ()).throw(OSError(err, os.strerror(err))))
+        monkeypatch.setattr(files.os, "replace", lambda *a: (_ for _ in ()).throw(OSError(err, os.strerror(err))))
     with pytest.raises(OSError):
-        atomic.atomic_write_bytes(target, b"new content")
+        files.atomic_write_bytes(target, b"new content")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["samples.png"]
 
@@ -230,7 +230,7 @@ def test_cli_bad_files_give_one_line(tmp_path, suffix, content):
 
 
 def test_unexpected_errors_are_one_line_unless_debug(monkeypatch, tmp_path):
-    import amed_deploy.checkpoint as checkpoint
+    import amed_deploy.checkpoint.load as checkpoint
 
     def boom(*a, **k):
         raise RuntimeError("simulated bug\nwith a second line")

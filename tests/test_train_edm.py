@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from amed_deploy.checkpoint import build_model, load_checkpoint
+from amed_deploy.checkpoint.build import build_model
+from amed_deploy.checkpoint.load import load_checkpoint
 from amed_deploy.train_edm import TrainConfig, _ema_beta, train
 
 CFG = TrainConfig(

@@ -17,7 +17,9 @@ import shutil
 from pathlib import Path
 
 from amed_deploy import assets
-from amed_deploy.checkpoint import file_sha256, load_checkpoint, model_sha256
+from amed_deploy.checkpoint.format import model_sha256
+from amed_deploy.checkpoint.load import load_checkpoint
+from amed_deploy.files import file_sha256
 from amed_deploy.predictor_file import load_predictor, save_predictor
 
 

@@ -1,4 +1,4 @@
-"""Bind predictor files to a model's hash (checkpoint.model_sha256) instead of only its file's sha256.
+"""Bind predictor files to a model's hash (checkpoint.format.model_sha256) instead of only its file's sha256.
 
     python tools/relabel_predictors.py                      # the bundled predictors and model
     python tools/relabel_predictors.py --model edm.pt run/pred/amed5.pt ...
@@ -20,10 +20,12 @@ from pathlib import Path
 import torch
 
 from amed_deploy import assets
-from amed_deploy.atomic import atomic_write_bytes
-from amed_deploy.checkpoint import file_sha256, load_checkpoint, model_sha256
+from amed_deploy.checkpoint.format import model_sha256
+from amed_deploy.checkpoint.load import load_checkpoint
 from amed_deploy.errors import AmedError
-from amed_deploy.predictor_file import FORMAT, load_predictor
+from amed_deploy.files import atomic_write_bytes, file_sha256
+from amed_deploy.predictor_file import FORMAT, FORMAT_VERSION, load_predictor
+from amed_deploy.records import check_stamp
 
 
 def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -37,8 +39,9 @@ def relabel(path: Path, model_hash: str, file_hash: str, force: bool = False) ->
     """Add `model_hash` to one predictor file; True if it was rewritten. Raises AmedError on a
     file bound to another checkpoint (without `force`) or if the rewrite changed anything else."""
     payload = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+    if not isinstance(payload, dict):
         raise AmedError(f"{path} is not an amed-deploy predictor file")
+    check_stamp(payload, FORMAT, FORMAT_VERSION, str(path), "an amed-deploy predictor file")
     if payload.get("model_sha256") == model_hash:
         return False
     if payload.get("checkpoint_sha256") != file_hash and not force:

@@ -7,8 +7,10 @@ names carry the official `model.` prefix.
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,10 +24,26 @@ MODEL_TYPES: dict[str, type[nn.Module]] = {"SongUNet": SongUNet, "DhariwalUNet":
 
 Output = torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, ...]]
 Coefficients = tuple[torch.Tensor | float, torch.Tensor, torch.Tensor | float, torch.Tensor]
+# Constructor arguments every preconditioner takes (handled by `_setup`); the others are its own.
+_SHARED_ARGS = ("img_resolution", "img_channels", "label_dim", "use_fp16")
 
 
 class _Precond(nn.Module):
     """Shared plumbing: argument normalisation, fp16 policy, taps. Subclasses give the coefficients."""
+
+    @classmethod
+    def own_defaults(cls) -> dict[str, Any]:
+        """Defaults of the constructor's own keyword arguments (noise parameterisation, model_type): what
+        a checkpoint whose kwargs leave them out was built with."""
+        params = inspect.signature(cls.__init__).parameters.values()
+        return {p.name: p.default for p in params if p.default is not p.empty and p.name not in _SHARED_ARGS}
+
+    @classmethod
+    def noise_range(cls, kwargs: Mapping[str, Any], buffers: Mapping[str, torch.Tensor]) -> tuple[float, float]:
+        """(sigma_min, sigma_max) of a network with these constructor kwargs (defaults included) and stored
+        buffers, without building it. Damaged kwargs raise KeyError, TypeError, ValueError, IndexError or
+        OverflowError."""
+        return float(kwargs["sigma_min"]), float(kwargs["sigma_max"])
 
     def _setup(
         self,
@@ -173,6 +191,17 @@ class VPPrecond(_Precond):
         t = torch.as_tensor(t)
         return ((0.5 * self.beta_d * (t**2) + self.beta_min * t).exp() - 1).sqrt()
 
+    @classmethod
+    def noise_range(cls, kwargs: Mapping[str, Any], buffers: Mapping[str, torch.Tensor]) -> tuple[float, float]:
+        """sigma(epsilon_t) .. sigma(1) exactly (float64, expm1); the constructor's own values go through
+        the float32 `sigma`, as EDM's do, which is a few percent off at epsilon_t."""
+        beta_d, beta_min = kwargs["beta_d"], kwargs["beta_min"]
+
+        def sigma(t: float) -> float:
+            return math.sqrt(math.expm1(0.5 * beta_d * t**2 + beta_min * t))
+
+        return sigma(kwargs["epsilon_t"]), sigma(1.0)
+
     def sigma_inv(self, sigma: float | torch.Tensor) -> torch.Tensor:
         """t(sigma), the inverse of `sigma`."""
         sigma = torch.as_tensor(sigma)
@@ -235,6 +264,12 @@ class iDDPMPrecond(_Precond):
         self.register_buffer("u", u)
         self.sigma_min = float(u[M - 1])
         self.sigma_max = float(u[0])
+
+    @classmethod
+    def noise_range(cls, kwargs: Mapping[str, Any], buffers: Mapping[str, torch.Tensor]) -> tuple[float, float]:
+        """The extremes of the stored noise levels u (u[M - 1] .. u[0]), as the constructor sets them."""
+        u = buffers["u"]
+        return float(u[int(kwargs["M"]) - 1]), float(u[0])
 
     def alpha_bar(self, j: int | torch.Tensor) -> torch.Tensor:
         """Cosine-schedule alpha_bar at discrete step j."""

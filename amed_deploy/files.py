@@ -1,9 +1,11 @@
-"""Atomic file output: every file the tool writes appears complete or not at all."""
+"""Generic file helpers: atomic output (every file the tool writes appears complete or not at all)
+and streaming file hashes."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import secrets
 import signal
@@ -18,6 +20,15 @@ from .errors import AmedError
 _NO_HARDLINKS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV})
 _RANDOM_CHARS = 8  # length of the random part of a temp name
 _TEMP_SUFFIX = ".tmp"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file, read in chunks so multi-GB checkpoints do not need to fit in memory."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 @contextlib.contextmanager

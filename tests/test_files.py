@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from amed_deploy import atomic
+from amed_deploy import files
 from amed_deploy.errors import AmedError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,7 +35,7 @@ def link_mode(request, monkeypatch):
         def _no_link(*a, **k):
             raise OSError(errno.EPERM, os.strerror(errno.EPERM))
 
-        monkeypatch.setattr(atomic.os, "link", _no_link)
+        monkeypatch.setattr(files.os, "link", _no_link)
     return request.param
 
 
@@ -43,7 +43,7 @@ def test_no_overwrite_refuses_existing_file(tmp_path, link_mode):
     target = tmp_path / "out.png"
     target.write_bytes(b"precious")
     with pytest.raises(AmedError, match=r"out\.png already exists; pass --force to replace it"):
-        atomic.atomic_write_bytes(target, b"new", overwrite=False)
+        files.atomic_write_bytes(target, b"new", overwrite=False)
     assert target.read_bytes() == b"precious"
     assert _names(tmp_path) == ["out.png"]
 
@@ -52,7 +52,7 @@ def test_no_overwrite_refuses_file_created_mid_write(tmp_path, link_mode):
     """The final step itself is create-exclusive: a file appearing after the early check still wins."""
     target = tmp_path / "out.png"
     with pytest.raises(AmedError, match="already exists"):
-        with atomic.atomic_open(target, overwrite=False) as f:
+        with files.atomic_open(target, overwrite=False) as f:
             f.write(b"mine")
             target.write_bytes(b"someone else's")
     assert target.read_bytes() == b"someone else's"
@@ -61,8 +61,8 @@ def test_no_overwrite_refuses_file_created_mid_write(tmp_path, link_mode):
 
 def test_no_overwrite_writes_new_file(tmp_path, link_mode):
     target = tmp_path / "sub" / "new.bin"
-    atomic.atomic_write_bytes(target, b"hello", overwrite=False)
-    atomic.atomic_write_with(tmp_path / "with.bin", lambda tmp: Path(tmp).write_bytes(b"via writer"), overwrite=False)
+    files.atomic_write_bytes(target, b"hello", overwrite=False)
+    files.atomic_write_with(tmp_path / "with.bin", lambda tmp: Path(tmp).write_bytes(b"via writer"), overwrite=False)
     assert target.read_bytes() == b"hello"
     assert (tmp_path / "with.bin").read_bytes() == b"via writer"
     assert _names(target.parent) == ["new.bin"]
@@ -73,7 +73,7 @@ def test_no_overwrite_writes_new_file(tmp_path, link_mode):
 def test_default_still_replaces(tmp_path):
     target = tmp_path / "out.bin"
     target.write_bytes(b"old")
-    atomic.atomic_write_bytes(target, b"new")
+    files.atomic_write_bytes(target, b"new")
     assert target.read_bytes() == b"new"
     assert _names(tmp_path) == ["out.bin"]
 
@@ -83,7 +83,7 @@ def test_two_concurrent_no_overwrite_writers_one_wins(tmp_path):
     code = (
         "import sys, time\n"
         "from pathlib import Path\n"
-        "from amed_deploy.atomic import atomic_open\n"
+        "from amed_deploy.files import atomic_open\n"
         "from amed_deploy.errors import AmedError\n"
         "target, me, payload = Path(sys.argv[1]), sys.argv[2], sys.argv[3].encode() * 100_000\n"
         "try:\n"
@@ -117,7 +117,7 @@ def test_directory_target_refused(tmp_path, overwrite):
     target = tmp_path / "adir"
     target.mkdir()
     with pytest.raises(AmedError, match=r"adir is a directory"):
-        atomic.atomic_write_bytes(target, b"x", overwrite=overwrite)
+        files.atomic_write_bytes(target, b"x", overwrite=overwrite)
     assert target.is_dir() and _names(target) == []
     assert _names(tmp_path) == ["adir"]
 
@@ -127,11 +127,11 @@ def test_write_protected_target_refused(tmp_path):
     target.write_bytes(b"do not touch")
     target.chmod(0o444)
     with pytest.raises(AmedError, match=r"keep\.txt is write-protected; make it writable \(chmod u\+w\)"):
-        atomic.atomic_write_bytes(target, b"new")
+        files.atomic_write_bytes(target, b"new")
     assert target.read_bytes() == b"do not touch"
     assert _names(tmp_path) == ["keep.txt"]
     target.chmod(0o644)  # writable again: replacing works
-    atomic.atomic_write_bytes(target, b"new")
+    files.atomic_write_bytes(target, b"new")
     assert target.read_bytes() == b"new"
 
 
@@ -140,7 +140,7 @@ def test_write_protected_target_refused(tmp_path):
 def test_long_names_written(tmp_path, length, overwrite):
     target = tmp_path / ("n" * (length - 4) + ".bin")
     assert len(target.name) == length
-    atomic.atomic_write_bytes(target, b"long", overwrite=overwrite)
+    files.atomic_write_bytes(target, b"long", overwrite=overwrite)
     assert target.read_bytes() == b"long"
     assert _names(tmp_path) == [target.name]
 
@@ -148,7 +148,7 @@ def test_long_names_written(tmp_path, length, overwrite):
 def test_long_non_ascii_name_fits_in_bytes(tmp_path):
     """NAME_MAX counts bytes: 120 two-byte characters are 240 bytes, too long for the untruncated temp name."""
     target = tmp_path / ("é" * 120 + ".bin")
-    atomic.atomic_write_bytes(target, b"x")
+    files.atomic_write_bytes(target, b"x")
     assert target.read_bytes() == b"x"
 
 
@@ -159,9 +159,9 @@ def test_rename_error_names_target_not_temp(tmp_path, monkeypatch, step):
     def _fail(src, dst, *a, **k):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS), src, None, dst)
 
-    monkeypatch.setattr(atomic.os, step, _fail)
+    monkeypatch.setattr(files.os, step, _fail)
     with pytest.raises(OSError) as info:
-        atomic.atomic_write_bytes(target, b"x", overwrite=step == "replace")
+        files.atomic_write_bytes(target, b"x", overwrite=step == "replace")
     assert info.value.errno == errno.EROFS
     assert str(target) in str(info.value)
     assert ".tmp" not in str(info.value)
@@ -172,9 +172,9 @@ def test_rename_error_names_target_not_temp(tmp_path, monkeypatch, step):
 def test_write_error_names_target_and_keeps_errno_type(tmp_path, monkeypatch):
     target = tmp_path / "final.bin"
     target.write_bytes(b"old")
-    monkeypatch.setattr(atomic.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
+    monkeypatch.setattr(files.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
     with pytest.raises(OSError, match=r"cannot write .*final\.bin: I/O error") as info:
-        atomic.atomic_write_bytes(target, b"new")
+        files.atomic_write_bytes(target, b"new")
     assert info.value.errno == errno.EIO
     assert target.read_bytes() == b"old"
     assert _names(tmp_path) == ["final.bin"]
@@ -184,7 +184,7 @@ def test_unrelated_oserror_in_body_passes_through(tmp_path):
     """An error about some other file (say, a missing input) is not relabelled as a write failure."""
     missing = tmp_path / "missing.txt"
     with pytest.raises(FileNotFoundError) as info:
-        with atomic.atomic_open(tmp_path / "out.bin") as f:
+        with files.atomic_open(tmp_path / "out.bin") as f:
             f.write(missing.read_bytes())
     assert info.value.filename == str(missing)
     assert _names(tmp_path) == []
@@ -194,7 +194,7 @@ def test_sigterm_removes_temp_file(tmp_path):
     target = tmp_path / "big.bin"
     code = (
         "import sys, time\n"
-        "from amed_deploy.atomic import atomic_open, sigterm_raises_exit\n"
+        "from amed_deploy.files import atomic_open, sigterm_raises_exit\n"
         "with sigterm_raises_exit(), atomic_open(sys.argv[1]) as f:\n"
         "    for _ in range(10_000):\n"
         "        f.write(b'x' * 65536); f.flush(); time.sleep(0.001)\n"
@@ -212,7 +212,7 @@ def test_sigterm_removes_temp_file(tmp_path):
 
 def test_sigterm_handler_restored_and_noop_off_main_thread():
     before = signal.getsignal(signal.SIGTERM)
-    with atomic.sigterm_raises_exit():
+    with files.sigterm_raises_exit():
         assert signal.getsignal(signal.SIGTERM) is not before
     assert signal.getsignal(signal.SIGTERM) is before
 
@@ -222,7 +222,7 @@ def test_sigterm_handler_restored_and_noop_off_main_thread():
 
     def _in_thread():
         try:
-            with atomic.sigterm_raises_exit():
+            with files.sigterm_raises_exit():
                 pass
         except BaseException as e:  # pragma: no cover - the failure being tested for
             errors.append(e)

@@ -41,8 +41,9 @@ from typing import Any
 import torch
 
 from amed_deploy import __version__
-from amed_deploy.checkpoint import Checkpoint, file_sha256, plain_json, torch_error_reason
+from amed_deploy.checkpoint.format import ZIP_MAGIC, Checkpoint, plain_json, torch_error_reason
 from amed_deploy.errors import AmedError
+from amed_deploy.files import file_sha256
 
 __all__ = [
     "ALLOWED_GLOBALS",
@@ -55,7 +56,6 @@ __all__ = [
 
 _MAX_DEPTH = 64  # module nesting; EDM networks are < 10 deep
 _MAX_MODULES = 100_000  # module visits; EDM networks have a few hundred (bounds shared-child blow-ups)
-_ZIP_MAGIC = b"PK\x03\x04"
 
 
 def _short(x: Any, limit: int = 60) -> str:
@@ -471,7 +471,7 @@ def load_edm_snapshot(path: str | os.PathLike) -> Checkpoint:
     if path.stat().st_size == 0:
         raise AmedError(f"{what} is empty")
     with open(path, "rb") as f:
-        if f.read(4) == _ZIP_MAGIC:
+        if f.read(4) == ZIP_MAGIC:
             raise AmedError(
                 f"{what} is a torch.save zip archive, not an EDM snapshot pickle; load it with load_checkpoint"
             )

@@ -1,8 +1,8 @@
 """The project's own checkpoint format: network class + kwargs + weights + provenance, validated.
 
 An official EDM snapshot is a pickle that can execute code; once converted (see
-:mod:`amed_deploy.edm_pickle`) every later step reads this format instead, which loads without
-unpickling arbitrary objects:
+:mod:`amed_deploy.checkpoint.edm_pickle`) every later step reads this format instead, which loads
+without unpickling arbitrary objects:
 
 - ``*.pt``: ``torch.save`` of ``{'format', 'format_version', 'network_class', 'network_kwargs',
   'state_dict', 'metadata', 'content_sha256'}``, read back with ``torch.load(weights_only=True)``;
@@ -18,11 +18,9 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
-import math
 import os
 import pickle
 import re
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,39 +28,33 @@ from typing import Any
 import torch
 
 from amed_deploy import __version__
-from amed_deploy.atomic import atomic_open, atomic_write_with
 from amed_deploy.errors import AmedError
+from amed_deploy.files import atomic_open, atomic_write_with
+from amed_deploy.graph import PRECISION_DTYPES, dtype_name
+from amed_deploy.records import TAG, check_stamp, stamp
 
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
+    "ZIP_MAGIC",
     "Checkpoint",
-    "build_model",
-    "describe_checkpoint",
-    "file_sha256",
-    "load_checkpoint",
+    "check_state_dict",
+    "first_line",
     "model_sha256",
     "parse_dtype",
     "pickled_global",
+    "plain_json",
+    "read_checkpoint",
     "save_checkpoint",
     "torch_error_reason",
 ]
 
 FORMAT = "amed-deploy/edm-checkpoint"
 FORMAT_VERSION = 1
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's zip container
 _SAFETENSORS_KEY = "amed_deploy"
-_ZIP_MAGIC = b"PK\x03\x04"
-# torch.save's legacy (non-zip) format starts with this pickled magic number.
-_LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
-_SAVE_DTYPES = {
-    "fp32": torch.float32,
-    "float32": torch.float32,
-    "fp16": torch.float16,
-    "float16": torch.float16,
-    "half": torch.float16,
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
-}
+# the precisions' names, torch's own names ("float16"), and "half"
+_SAVE_DTYPES = {**PRECISION_DTYPES, **{dtype_name(d): d for d in PRECISION_DTYPES.values()}, "half": torch.float16}
 
 
 @dataclass
@@ -90,15 +82,6 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     if key not in _SAVE_DTYPES:
         raise AmedError(f"unsupported dtype {dtype!r}; use one of fp32, fp16, bf16")
     return _SAVE_DTYPES[key]
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file, read in chunks so multi-GB checkpoints do not need to fit in memory."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------- validation helpers
@@ -145,7 +128,8 @@ def _canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=True, ensure_ascii=True)
 
 
-def _check_state_dict(sd: Any, what: str) -> dict[str, torch.Tensor]:
+def check_state_dict(sd: Any, what: str) -> dict[str, torch.Tensor]:
+    """The state dict as a str -> tensor dict; anything else (a damaged file) is one AmedError."""
     if not isinstance(sd, dict):
         raise AmedError(f"{what}: state_dict is a {type(sd).__name__}, not a dict of tensors")
     if not sd:
@@ -168,8 +152,7 @@ def _header(ckpt: Checkpoint, what: str) -> dict[str, Any]:
     if not isinstance(ckpt.metadata, dict):
         raise AmedError(f"{what}: metadata is a {type(ckpt.metadata).__name__}, not a dict")
     return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        **stamp(FORMAT, FORMAT_VERSION),
         "network_class": ckpt.network_class,
         "network_kwargs": plain_json(ckpt.network_kwargs, "network_kwargs"),
         "metadata": plain_json(ckpt.metadata, "metadata"),
@@ -237,7 +220,7 @@ def save_checkpoint(
     store_dtype = parse_dtype(dtype)
     ckpt = _with_default_metadata(ckpt)
     header = _header(ckpt, what)
-    tensors = _prepare_tensors(_check_state_dict(ckpt.state_dict, what), store_dtype)
+    tensors = _prepare_tensors(check_state_dict(ckpt.state_dict, what), store_dtype)
     digest = _content_digest(header, tensors)
     if path.suffix.lower() == ".safetensors":
         from safetensors.torch import save_file
@@ -251,25 +234,11 @@ def save_checkpoint(
             torch.save(payload, f)
 
 
-# ---------------------------------------------------------------- load
+# ---------------------------------------------------------------- read
 
 
-def _sniff(path: Path) -> str:
-    """'pt', 'safetensors', 'pickle' or '' from the first bytes; the suffix decides only when content cannot."""
-    with open(path, "rb") as f:
-        head = f.read(16)
-    if head.startswith(_ZIP_MAGIC) or head.startswith(_LEGACY_TORCH_MAGIC):
-        return "pt"
-    if len(head) >= 9:
-        (n,) = struct.unpack("<Q", head[:8])
-        if head[8:9] == b"{" and n < (100 << 20):  # JSON header (possibly truncated)
-            return "safetensors"
-    if head[:1] == b"\x80" and len(head) >= 2 and 2 <= head[1] <= 5:
-        return "pickle"
-    return {".pt": "pt", ".pth": "pt", ".safetensors": "safetensors", ".pkl": "pickle"}.get(path.suffix.lower(), "")
-
-
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
+    """An exception's message, first line only, for one-line errors."""
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
 
@@ -312,7 +281,7 @@ def _load_pt(path: Path, what: str) -> dict[str, Any]:
         raise AmedError(f"cannot load {what}: truncated or corrupt torch file ({torch_error_reason(e)})") from None
     if not isinstance(obj, dict):
         raise AmedError(f"{what} is not an amed-deploy checkpoint: it holds a {type(obj).__name__}, not a dict")
-    if "format" not in obj:
+    if TAG not in obj:
         if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
             raise AmedError(
                 f"{what} is a plain state dict ({len(obj)} tensors) without the network class and kwargs; "
@@ -320,7 +289,7 @@ def _load_pt(path: Path, what: str) -> dict[str, Any]:
                 "it: save_checkpoint(Checkpoint(network_class, network_kwargs, state_dict, {}), 'edm.pt')"
             )
         keys = sorted(str(k) for k in obj)[:8]
-        raise AmedError(f"{what} is not an amed-deploy checkpoint (no 'format' tag; keys: {keys})")
+        raise AmedError(f"{what} is not an amed-deploy checkpoint (no {TAG!r} tag; keys: {keys})")
     return obj
 
 
@@ -334,11 +303,11 @@ def _load_safetensors(path: Path, what: str) -> dict[str, Any]:
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as e:  # safetensors may raise a Rust panic (a BaseException) on bad input
-        raise AmedError(f"cannot load {what}: truncated or corrupt safetensors file ({_first_line(e)})") from None
+        raise AmedError(f"cannot load {what}: truncated or corrupt safetensors file ({first_line(e)})") from None
     if _SAFETENSORS_KEY not in raw_meta:
         raise AmedError(
             f"{what} is a plain safetensors file ({len(tensors)} tensors) without amed-deploy metadata "
-            "(network class and kwargs); save it with amed_deploy.checkpoint.save_checkpoint"
+            "(network class and kwargs); save it with amed_deploy.checkpoint.format.save_checkpoint"
         )
     try:
         header = json.loads(raw_meta[_SAFETENSORS_KEY])
@@ -356,17 +325,7 @@ def _load_safetensors(path: Path, what: str) -> dict[str, Any]:
 
 
 def _from_payload(obj: dict[str, Any], what: str) -> Checkpoint:
-    fmt = obj.get("format")
-    if fmt != FORMAT:
-        raise AmedError(f"{what} has format tag {_short(fmt)}, expected {FORMAT!r}")
-    version = obj.get("format_version")
-    if not isinstance(version, int) or isinstance(version, bool):
-        raise AmedError(f"{what} has a bad format_version {_short(version)}")
-    if version > FORMAT_VERSION:
-        raise AmedError(
-            f"{what} is format version {version}; this amed-deploy ({__version__}) reads up to {FORMAT_VERSION}, "
-            "upgrade it"
-        )
+    check_stamp(obj, FORMAT, FORMAT_VERSION, what, "an amed-deploy checkpoint")
     for key in ("network_class", "network_kwargs", "state_dict", "metadata", "content_sha256"):
         if key not in obj:
             raise AmedError(f"{what} is missing the {key!r} field")
@@ -375,7 +334,7 @@ def _from_payload(obj: dict[str, Any], what: str) -> Checkpoint:
     ckpt = Checkpoint(
         network_class=obj["network_class"],
         network_kwargs=obj["network_kwargs"],
-        state_dict=_check_state_dict(obj["state_dict"], what),
+        state_dict=check_state_dict(obj["state_dict"], what),
         metadata=obj["metadata"],
     )
     header = _header(ckpt, what)
@@ -386,39 +345,12 @@ def _from_payload(obj: dict[str, Any], what: str) -> Checkpoint:
     return ckpt
 
 
-def load_checkpoint(path: str | os.PathLike, *, dtype: str | torch.dtype | None = torch.float32) -> Checkpoint:
-    """Load an amed-deploy ``.pt``/``.safetensors`` file or an official EDM snapshot ``.pkl``.
-
-    The kind is detected from the content (the suffix only breaks ties). Floating tensors are cast to
-    `dtype` (fp32 by default, undoing fp16 storage); ``dtype=None`` keeps them as stored.
-    """
-    path = Path(path)
+def read_checkpoint(path: Path, container: str) -> Checkpoint:
+    """Read and verify an existing file of this format; `container` ('pt' or 'safetensors') is what the
+    file's first bytes showed, so a misnamed file is still read by the right reader."""
     what = str(path)
-    want = parse_dtype(dtype)
-    if not path.exists():
-        raise AmedError(f"{what}: no such file")
-    if path.is_dir():
-        raise AmedError(f"{what} is a directory, not a checkpoint file")
-    if path.stat().st_size == 0:
-        raise AmedError(f"{what} is empty")
-    kind = _sniff(path)
-    if kind == "pt":
-        ckpt = _from_payload(_load_pt(path, what), what)
-    elif kind == "safetensors":
-        ckpt = _from_payload(_load_safetensors(path, what), what)
-    elif kind == "pickle":
-        from amed_deploy.edm_pickle import load_edm_snapshot
-
-        ckpt = load_edm_snapshot(path)
-    else:
-        raise AmedError(
-            f"{what}: unrecognised file (expected an amed-deploy .pt/.safetensors checkpoint or an EDM snapshot .pkl)"
-        )
-    if want is not None:
-        ckpt.state_dict = {
-            k: (t.to(want) if t.is_floating_point() and t.dtype != want else t) for k, t in ckpt.state_dict.items()
-        }
-    return ckpt
+    payload = _load_safetensors(path, what) if container == "safetensors" else _load_pt(path, what)
+    return _from_payload(payload, what)
 
 
 # ---------------------------------------------------------------- model
@@ -432,7 +364,7 @@ def model_sha256(ckpt: Checkpoint) -> str:
     if not isinstance(ckpt.network_class, str):
         raise AmedError(f"network_class {_short(ckpt.network_class)} is not a class name")
     short = ckpt.network_class.rsplit(".", 1)[-1]
-    tensors = _check_state_dict(ckpt.state_dict, "model")
+    tensors = check_state_dict(ckpt.state_dict, "model")
     h = hashlib.sha256()
     h.update(_canonical_json([short, plain_json(ckpt.network_kwargs, "network_kwargs")]).encode())
     for key in sorted(tensors):
@@ -441,161 +373,3 @@ def model_sha256(ckpt: Checkpoint) -> str:
         h.update(b"\n" + _canonical_json([key, kind, list(t.shape)]).encode() + b"\n")
         h.update(_tensor_bytes(t.to(torch.float32) if t.is_floating_point() else t))
     return h.hexdigest()
-
-
-def _few(items: list[str]) -> str:
-    return ", ".join(items[:4]) + (f", ... ({len(items) - 4} more)" if len(items) > 4 else "")
-
-
-def _check_shapes(ckpt: Checkpoint, expected: dict[str, torch.Size]) -> None:
-    sd = ckpt.state_dict
-    missing = [k for k in expected if k not in sd]
-    unexpected = [k for k in sd if k not in expected]
-    shapes = [f"{k} {list(sd[k].shape)} vs {list(v)}" for k, v in expected.items() if k in sd and sd[k].shape != v]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys ({_few(missing)})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys ({_few(unexpected)})")
-        if shapes:
-            parts.append(f"{len(shapes)} shape mismatches (checkpoint vs network: {_few(shapes)})")
-        raise AmedError(f"the weights do not match {ckpt.network_class}: " + "; ".join(parts))
-
-
-def _check_finite(ckpt: Checkpoint) -> None:
-    """NaN/inf weights build and run, silently producing NaN images; refuse them up front."""
-    bad = []
-    for key, t in ckpt.state_dict.items():
-        if t.is_floating_point() or t.is_complex():
-            count = int(t.numel() - torch.isfinite(t).sum())
-            if count:
-                bad.append((key, count))
-    if bad:
-        key, count = bad[0]
-        more = f" (and {len(bad) - 1} more tensors)" if len(bad) > 1 else ""
-        raise AmedError(
-            f"the checkpoint has {count} non-finite values (NaN/inf) in {key!r}{more}; "
-            "the checkpoint is damaged or training diverged"
-        )
-
-
-def build_model(ckpt: Checkpoint) -> torch.nn.Module:
-    """Construct the network and load the weights strictly; returns it in eval mode without grads.
-
-    The network is first built on the meta device (no memory) and its state-dict names and shapes
-    compared with the checkpoint's, so absurd kwargs (model_channels=100000) are refused before
-    anything is allocated; non-finite weights are refused too."""
-    try:
-        from amed_deploy.networks import build_network
-    except ImportError as e:
-        raise AmedError(f"network implementations are not available ({e})") from None
-    if not isinstance(ckpt.network_kwargs, dict):
-        raise AmedError(f"network_kwargs is a {type(ckpt.network_kwargs).__name__}, not a dict")
-    sd = _check_state_dict(ckpt.state_dict, "the checkpoint")
-    kwargs = dict(ckpt.network_kwargs)
-    short = ckpt.network_class.rsplit(".", 1)[-1] if isinstance(ckpt.network_class, str) else ""
-    m = kwargs.get("M", 1000)
-    if short == "iDDPMPrecond" and "u" in sd and isinstance(m, int) and not isinstance(m, bool) and m >= 1:
-        # iDDPM's constructor runs an M-step loop on the CPU even on meta: check its one buffer first
-        if list(sd["u"].shape) != [m + 1]:
-            raise AmedError(
-                f"the weights do not match {ckpt.network_class}: 1 shape mismatches "
-                f"(checkpoint vs network: u {list(sd['u'].shape)} vs {[m + 1]})"
-            )
-
-    def construct(meta: bool) -> torch.nn.Module:
-        try:
-            return build_network(ckpt.network_class, dict(kwargs), meta=meta)
-        except AmedError:
-            raise
-        except (TypeError, ValueError, KeyError) as e:  # build_network maps these; kept as a backstop
-            reason = _first_line(e)
-            raise AmedError(f"cannot build {ckpt.network_class} from the checkpoint's kwargs: {reason}") from None
-
-    skeleton = construct(meta=True)
-    _check_shapes(ckpt, {k: v.shape for k, v in skeleton.state_dict().items()})
-    del skeleton
-    _check_finite(ckpt)
-    model = construct(meta=False)
-    try:
-        model.load_state_dict(sd, strict=True)
-    except RuntimeError as e:
-        raise AmedError(f"cannot load the weights into {ckpt.network_class}: {_first_line(e)}") from None
-    return model.eval().requires_grad_(False)
-
-
-# ---------------------------------------------------------------- description (for `info`)
-
-# Constructor defaults of the EDM preconditioners (facts from EDM_NETWORKS.md).
-_PRECOND_DEFAULTS: dict[str, dict[str, Any]] = {
-    "EDMPrecond": {"model_type": "DhariwalUNet", "sigma_min": 0.0, "sigma_max": math.inf, "sigma_data": 0.5},
-    "VPPrecond": {"model_type": "SongUNet", "beta_d": 19.9, "beta_min": 0.1, "M": 1000, "epsilon_t": 1e-5},
-    "VEPrecond": {"model_type": "SongUNet", "sigma_min": 0.02, "sigma_max": 100.0},
-    "iDDPMPrecond": {"model_type": "DhariwalUNet", "C_1": 0.001, "C_2": 0.008, "M": 1000},
-}
-_KEY_KWARGS = (
-    "model_channels",
-    "channel_mult",
-    "num_blocks",
-    "attn_resolutions",
-    "channel_mult_emb",
-    "augment_dim",
-    "dropout",
-    "embedding_type",
-    "encoder_type",
-    "decoder_type",
-    "channel_mult_noise",
-    "resample_filter",
-    "use_fp16",
-)
-
-
-def _sigma_range(ckpt: Checkpoint, kw: dict[str, Any]) -> tuple[float | None, float | None]:
-    cls = ckpt.network_class
-    try:
-        if cls in ("EDMPrecond", "VEPrecond"):
-            return float(kw["sigma_min"]), float(kw["sigma_max"])
-        if cls == "VPPrecond":
-
-            def sigma(t: float) -> float:
-                return math.sqrt(math.expm1(0.5 * kw["beta_d"] * t**2 + kw["beta_min"] * t))
-
-            return sigma(kw["epsilon_t"]), sigma(1.0)
-        if cls == "iDDPMPrecond" and "u" in ckpt.state_dict:
-            u = ckpt.state_dict["u"]
-            return float(u[int(kw["M"]) - 1]), float(u[0])
-    except (KeyError, TypeError, ValueError, IndexError, OverflowError):
-        pass
-    return None, None
-
-
-def describe_checkpoint(ckpt: Checkpoint) -> dict[str, Any]:
-    """A summary for humans: architecture, size, noise range, conditioning, image shape, provenance."""
-    kw = {**_PRECOND_DEFAULTS.get(ckpt.network_class, {}), **ckpt.network_kwargs}
-    model_type = kw.get("model_type") or (ckpt.metadata.get("edm") or {}).get("model_class")
-    if model_type == "SongUNet":
-        flavour = "NCSN++" if kw.get("embedding_type") == "fourier" else "DDPM++"
-    elif model_type == "DhariwalUNet":
-        flavour = "ADM"
-    else:
-        flavour = None
-    sigma_min, sigma_max = _sigma_range(ckpt, kw)
-    res, ch = kw.get("img_resolution"), kw.get("img_channels")
-    dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in ckpt.state_dict.values()})
-    return {
-        "network_class": ckpt.network_class,
-        "model_type": model_type,
-        "architecture": flavour,
-        "parameters": ckpt.num_parameters(),
-        "parameters_exclude_buffers": "buffer_keys" in ckpt.metadata,
-        "tensors": len(ckpt.state_dict),
-        "dtypes": dtypes,
-        "image_shape": [ch, res, res] if res is not None and ch is not None else None,
-        "label_dim": kw.get("label_dim", 0),
-        "sigma_min": sigma_min,
-        "sigma_max": sigma_max,
-        "sigma_data": kw.get("sigma_data"),
-        "kwargs": {k: kw[k] for k in _KEY_KWARGS if k in kw},
-        "metadata": ckpt.metadata,
-    }
