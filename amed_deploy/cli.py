@@ -145,6 +145,12 @@ def _nfe_type() -> click.IntRange:
     return click.IntRange(1, MAX_NFE)
 
 
+def _student_type() -> click.Choice:
+    from amed_deploy.solvers import solver_names
+
+    return click.Choice(solver_names(uses_predictor=True, aliases=True))
+
+
 def _bundled(ctx: click.Context, param: click.Parameter, value: Any) -> Path | None:
     """A file path, or the short name of a bundled file (`amed-deploy models` lists them)."""
     from amed_deploy import assets
@@ -408,7 +414,7 @@ def info(path: Path, as_json: bool) -> None:
     "--student",
     default="amed",
     show_default=True,
-    type=click.Choice(["amed", "amed_euler", "amed_ipndm", "amed_dpm2"]),
+    type=_student_type(),
     help="amed = AMED-Solver; amed_<solver> = AMED-Plugin on that solver.",
 )
 @click.option(
@@ -1083,15 +1089,10 @@ def eval_command(
     analytical first step (NFE = 2(N-1)-1). AMED cells use their predictor's own configuration. Also
     measures the reference sampler (Heun, NFE 35). The JSON is rewritten after every cell."""
     from amed_deploy.config import MAX_NFE
-    from amed_deploy.evaluate import (
-        ReferenceCache,
-        evaluate_cells,
-        find_predictors,
-        plan_cells,
-        plot_fid_vs_nfe,
-        prepare_fid,
-        render_results_markdown,
-    )
+    from amed_deploy.evaluation.plots import plot_fid_vs_nfe, require_matplotlib
+    from amed_deploy.evaluation.quality import ReferenceCache, prepare_fid
+    from amed_deploy.evaluation.report import render_results_markdown
+    from amed_deploy.evaluation.table import evaluate_cells, find_predictors, plan_cells
     from amed_deploy.sampling import load_model
 
     nfe_list = _int_list(nfes, "--nfe")
@@ -1105,6 +1106,8 @@ def eval_command(
         check_suffix(markdown, (".md",), "--markdown")
     if plot is not None:
         check_suffix(plot, (".png",), "--plot")
+        if not no_fid:
+            require_matplotlib()
     outputs = {"--markdown": markdown, "--plot": plot}
     if not (resume and out.exists()):
         outputs["--out"] = out

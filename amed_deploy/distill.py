@@ -24,9 +24,8 @@ from .errors import AmedError
 from .noise import as_int, make_inputs
 from .predictor import AMEDPredictor, PredictorConfig
 from .predictor_file import PredictorBundle
-from .solvers import SolverConfig, SolverState, nested_schedule, sample, step
+from .solvers import SolverConfig, SolverState, nested_schedule, sample, solver_names, step
 
-MULTISTEP_STUDENTS = ("amed_ipndm",)
 MAX_DISTILL_SEED = 2**40  # training seeds are seed * 1_000_003 + i, which must stay below 2^64
 HELD_OUT_SEEDS = range(10**9, 10**9 + 2)  # never used in training (training seeds are seed * 1_000_003 + i)
 
@@ -120,13 +119,14 @@ def distill(
     device = torch.device(device)
     sampler = sampler_for(net, cfg)
     if not sampler.solver_config.uses_predictor:
-        raise AmedError(f"student {cfg.student!r} has no predictor to train; use amed, amed_euler or amed_ipndm")
+        students = ", ".join(solver_names(uses_predictor=True))
+        raise AmedError(f"student {cfg.student!r} has no predictor to train; use one of {students}")
     torch.manual_seed(cfg.seed)  # Kaiming init of the predictor
     predictor = AMEDPredictor(PredictorConfig(scale_dir=cfg.scale_dir, scale_time=cfg.scale_time))
     network = AMEDNetwork(net, predictor, cfg.tap).to(device)
     network.net.eval().requires_grad_(False)
     predictor.train()
-    multistep = sampler.solver in MULTISTEP_STUDENTS
+    multistep = sampler.solver_config.spec.multistep
     opt = torch.optim.Adam(predictor.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
     shape = (net.img_channels, net.img_resolution, net.img_resolution)
     batches = cfg.batches
@@ -152,8 +152,7 @@ def distill(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            state.slopes = [s.detach() for s in state.slopes]  # multistep students: history is data
-            state.slope_times = [v.detach() if isinstance(v, Tensor) else v for v in state.slope_times]
+            state.detach_history()  # multistep students: the history is data
             x = x_next.detach()
             batch_loss += loss.item() / (sampler.num_points - 1)
         losses.append(batch_loss)

@@ -30,7 +30,8 @@ from amed_deploy.amed_network import AMEDNetwork
 from amed_deploy.checkpoint.build import build_model
 from amed_deploy.checkpoint.load import load_checkpoint
 from amed_deploy.distill import DistillConfig, distill_predictor
-from amed_deploy.evaluate import ReferenceCache, baseline_afs, device_name, rmse_to_reference
+from amed_deploy.evaluation.quality import ReferenceCache, rmse_to_reference
+from amed_deploy.evaluation.table import baseline_afs, device_name
 from amed_deploy.files import atomic_write_bytes, file_sha256
 from amed_deploy.predictor_file import load_predictor, save_predictor
 from amed_deploy.sampling import baseline_sampler

@@ -22,23 +22,15 @@ from pathlib import Path
 
 import torch
 
-from amed_deploy.evaluate import (
-    SOLVER_NAMES,
-    ReferenceCache,
-    edm_reference_sampler,
-    evaluate_cells,
-    find_predictors,
-    plan_cells,
-    plot_fid_vs_nfe,
-    plot_pca,
-    prepare_fid,
-    render_results_markdown,
-    trajectory_pca,
-    write_json,
-)
+from amed_deploy.evaluation.pca import trajectory_pca
+from amed_deploy.evaluation.plots import plot_fid_vs_nfe, plot_pca, require_matplotlib
+from amed_deploy.evaluation.quality import ReferenceCache, prepare_fid
+from amed_deploy.evaluation.report import render_results_markdown
+from amed_deploy.evaluation.table import edm_reference_sampler, evaluate_cells, find_predictors, plan_cells, write_json
 from amed_deploy.files import atomic_write_bytes
 from amed_deploy.images import grid, save_image
 from amed_deploy.sampling import load_model, reference_sample
+from amed_deploy.solvers import display_name
 
 
 def sample_grid(network, cells, nfe: int, seed: int, device: str, path: Path) -> None:
@@ -50,7 +42,7 @@ def sample_grid(network, cells, nfe: int, seed: int, device: str, path: Path) ->
         if cell.nfe == nfe and cell.cfg is not None:
             x, _ = reference_sample(cell.network, cell.cfg, seed, n, classes, device)
             rows.append(x.cpu())
-            names.append(f"{SOLVER_NAMES.get(cell.solver, cell.solver)} ({nfe})")
+            names.append(f"{display_name(cell.solver)} ({nfe})")
     ref = edm_reference_sampler(network.net)
     x, _ = reference_sample(network, ref, seed, n, classes, device)
     rows.append(x.cpu())
@@ -82,6 +74,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--minutes", type=float, default=None, help="Start no new cell after this many minutes.")
     args = ap.parse_args()
+    require_matplotlib()  # the plots come last: refuse now rather than after the measurements
     start = time.perf_counter()
     deadline = None if args.minutes is None else start + 60 * args.minutes
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -15,22 +16,12 @@ from PIL import Image
 
 from amed_deploy.amed_network import AMEDNetwork
 from amed_deploy.cli import main
-from amed_deploy.evaluate import (
-    Cell,
-    ReferenceCache,
-    baseline_afs,
-    evaluate_cells,
-    fid_of,
-    find_predictors,
-    line_chart,
-    plan_cells,
-    plot_fid_vs_nfe,
-    plot_pca,
-    render_results_markdown,
-    rmse_to_reference,
-    sample_many,
-    trajectory_pca,
-)
+from amed_deploy.errors import AmedError
+from amed_deploy.evaluation.pca import trajectory_pca
+from amed_deploy.evaluation.plots import line_chart, plot_fid_vs_nfe, plot_pca
+from amed_deploy.evaluation.quality import ReferenceCache, fid_of, rmse_to_reference, sample_many
+from amed_deploy.evaluation.report import render_results_markdown
+from amed_deploy.evaluation.table import Cell, baseline_afs, evaluate_cells, find_predictors, plan_cells
 from amed_deploy.fid import Inception
 from amed_deploy.sampling import baseline_sampler, reference_sample
 
@@ -257,24 +248,35 @@ def test_markdown_table():
     assert "| Euler (DDIM) | 0.3100 | 0.2000 |" in md and "FID" not in md
 
 
-@pytest.mark.parametrize("backend", ["pil", "matplotlib"])
-def test_plots_write_png(tmp_path, backend):
-    if backend == "matplotlib":
-        pytest.importorskip("matplotlib")
+def test_plots_write_png(tmp_path):
+    pytest.importorskip("matplotlib", reason="plots need matplotlib: pip install 'amed-deploy[eval]'")
     path = tmp_path / "fid.png"
-    assert plot_fid_vs_nfe(FAKE_RESULTS, path, backend=backend) == backend
+    plot_fid_vs_nfe(FAKE_RESULTS, path)
     with Image.open(path) as img:
         img.verify()
     with Image.open(path) as img:
         assert img.format == "PNG" and img.width >= 600 and img.height >= 400
         assert len(img.convert("RGB").getcolors(1 << 20)) > 5  # lines, text and legend were drawn
     pca = {"n_traj": 4, "n_points": 64, "mean_ratio": [0.9, 0.07, 0.02, 0.01]}
-    assert plot_pca({"raw": pca, "scaled": pca}, tmp_path / "pca.png", backend=backend) == backend
+    plot_pca({"raw": pca, "scaled": pca}, tmp_path / "pca.png")
     with Image.open(tmp_path / "pca.png") as img:
         assert img.format == "PNG"
     # degenerate input (one point, no valid values) still gives a PNG
-    line_chart({"a": ([1], [None]), "b": ([2], [3.0])}, tmp_path / "x.png", "t", "x", "y", True, backend=backend)
+    line_chart({"a": ([1], [None]), "b": ([2], [3.0])}, tmp_path / "x.png", "t", "x", "y", True)
     assert (tmp_path / "x.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plots_without_matplotlib_say_how_to_install_it(tmp_path, tiny_ckpt, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # absent, even where it is installed
+    with pytest.raises(AmedError, match=r"matplotlib.*pip install 'amed-deploy\[eval\]'"):
+        plot_fid_vs_nfe(FAKE_RESULTS, tmp_path / "fid.png")
+    assert not (tmp_path / "fid.png").exists()
+    # `eval --plot` refuses before measuring anything
+    out = tmp_path / "r.json"
+    args = ["eval", "--ckpt", str(tiny_ckpt), "--inception", str(tmp_path / "none.pt"), "--out", str(out)]
+    r = CliRunner().invoke(main, [*args, "--plot", str(tmp_path / "fid.png")])
+    assert r.exit_code == 2 and "amed-deploy[eval]" in r.output
+    assert not out.exists()
 
 
 def test_eval_command_rmse_only(tiny_ckpt, predictor_file, tmp_path):

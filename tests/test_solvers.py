@@ -10,9 +10,22 @@ from analytic import GaussianModel, MixtureModel
 from scipy.integrate import quad
 
 from amed_deploy.errors import AmedError
-from amed_deploy.solvers import SolverConfig, make_schedule, nested_schedule, nfe_for, points_for_nfe, sample
+from amed_deploy.solvers import (
+    SOLVERS,
+    SolverConfig,
+    canonical_solver,
+    display_name,
+    find_solver,
+    get_solver,
+    make_schedule,
+    nested_schedule,
+    nfe_for,
+    points_for_nfe,
+    sample,
+    solver_names,
+)
+from amed_deploy.solvers.formulas import adams_bashforth, dpmpp_update, uneven_adams_bashforth
 from amed_deploy.solvers.reference import reference_solution
-from amed_deploy.solvers.steps import adams_bashforth, dpmpp_update, uneven_adams_bashforth
 
 SMIN, SMAX = 0.002, 80.0
 ALL = ["euler", "heun", "midpoint", "dpm2", "ipndm", "dpmpp2m", "dpmpp3m", "amed", "amed_euler", "amed_ipndm"]
@@ -223,6 +236,23 @@ def test_points_for_nfe_rules():
         points_for_nfe("heun", 5, afs=False)
     with pytest.raises(AmedError, match="unknown solver"):
         points_for_nfe("rk4", 5, afs=False)
+
+
+def test_registry_is_the_one_list_of_solvers():
+    assert solver_names() == ALL == list(SOLVERS)
+    assert solver_names(uses_predictor=True, aliases=True) == ["amed", "amed_euler", "amed_ipndm", "amed_dpm2"]
+    assert [canonical_solver(n) for n in ("DDIM", "DPM-Solver-2", "amed-dpm2", "dpm-solver++3m")] == [
+        "euler",
+        "dpm2",
+        "amed",
+        "dpmpp3m",
+    ]
+    assert [s.name for s in SOLVERS.values() if s.multistep and s.uses_predictor] == ["amed_ipndm"]
+    for solver in SOLVERS.values():
+        assert solver.reference and solver.display_name and get_solver(solver.name) is solver
+        assert nfe_for(solver.name, 5) == 4 * solver.evals_per_interval
+    assert display_name("amed_ipndm") == "AMED-Plugin (iPNDM)" and display_name("retired") == "retired"
+    assert find_solver("rk4") is None
 
 
 def test_predictor_solver_needs_predictor(gaussian):

@@ -1,33 +1,40 @@
-"""ODE solvers for diffusion sampling: schedules, one implementation of every step formula, and a
-high-accuracy reference solution for measuring error."""
+"""ODE solvers for diffusion sampling: schedules, one registry entry and one implementation of every
+step formula, and a high-accuracy reference solution for measuring error."""
 
 from .model import Evaluation, Model
-from .schedules import SCHEDULES, make_schedule, nested_schedule
-from .steps import (
-    EVALS_PER_INTERVAL,
-    PREDICTOR_SOLVERS,
+from .registry import (
+    SOLVERS,
+    Solver,
     SolverConfig,
-    SolverState,
     canonical_solver,
+    display_name,
+    find_solver,
+    get_solver,
     nfe_for,
     points_for_nfe,
-    sample,
-    step,
+    solver_names,
 )
+from .schedules import SCHEDULES, make_schedule, nested_schedule
+from .steps import Interval, SolverState, sample, step
 
 __all__ = [
-    "EVALS_PER_INTERVAL",
-    "PREDICTOR_SOLVERS",
     "SCHEDULES",
+    "SOLVERS",
     "Evaluation",
+    "Interval",
     "Model",
+    "Solver",
     "SolverConfig",
     "SolverState",
     "canonical_solver",
+    "display_name",
+    "find_solver",
+    "get_solver",
     "make_schedule",
     "nested_schedule",
     "nfe_for",
     "points_for_nfe",
     "sample",
+    "solver_names",
     "step",
 ]

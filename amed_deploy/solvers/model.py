@@ -1,6 +1,6 @@
 """What every solver needs from a network: one call that returns the denoised image and, for AMED
 graphs, the predictor's (r, c, a). The PyTorch reference, distillation and every deployed executor
-implement this one interface, so the solver formulas exist exactly once (in `steps.py`)."""
+implement this one interface, so the solver formulas exist exactly once (`steps.py`, `formulas.py`)."""
 
 from __future__ import annotations
 
