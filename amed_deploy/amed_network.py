@@ -15,7 +15,7 @@ from .config import SamplerConfig
 from .errors import AmedError
 from .graph import PRECISION_DTYPES
 from .metadata import GraphSpec
-from .networks import feature_shapes
+from .networks import feature_shapes, image_shape
 from .predictor import FEATURE_SIZE, AMEDPredictor
 from .solvers import Evaluation
 
@@ -127,7 +127,7 @@ def graph_spec(
     return GraphSpec(
         kind="amed" if network.predictor is not None else "denoiser",
         precision=precision,
-        image_shape=(net.img_channels, net.img_resolution, net.img_resolution),
+        image_shape=image_shape(net),
         label_dim=network.label_dim,
         batch_min=lo,
         batch_opt=batch,

@@ -23,10 +23,10 @@ import torch
 from .amed_network import AMEDNetwork, TorchModel
 from .checkpoint.format import Checkpoint, model_sha256, save_checkpoint
 from .config import SamplerConfig
-from .errors import AmedError
+from .errors import AmedError, first_line
 from .files import file_sha256
-from .networks import CIFAR10_KWARGS, build_network, randomize_
-from .noise import make_inputs
+from .networks import CIFAR10_KWARGS, build_network, image_shape, randomize_
+from .noise import make_inputs, start_state
 from .predictor import AMEDPredictor
 from .predictor_file import PredictorBundle, save_predictor
 from .solvers import sample
@@ -157,7 +157,7 @@ def flops_per_image(network: AMEDNetwork) -> float:
 
     net = network.net
     device = next(net.parameters()).device
-    x = torch.zeros(1, net.img_channels, net.img_resolution, net.img_resolution, device=device)
+    x = torch.zeros(1, *image_shape(net), device=device)
     sigma = torch.ones(1, device=device)
     labels = torch.zeros(1, network.label_dim, device=device) if network.label_dim else None
     with FlopCounterMode(display=False) as counter, torch.no_grad():
@@ -196,18 +196,13 @@ def prepare_model(name: str, net: torch.nn.Module, kwargs: dict, sampler: Sample
 
 def eager_baseline(model: BenchModel, sampler: SamplerConfig, batch: int) -> tuple[Callable[[], object], Callable]:
     """(a): noise and labels to the GPU, then the shared solver loop over the fp32 module, no buffers."""
-    shape = (model.network.net.img_channels, model.network.net.img_resolution, model.network.net.img_resolution)
+    shape = image_shape(model.network.net)
 
     def run() -> torch.Tensor:
         noise, labels = make_inputs(0, batch, shape, model.network.label_dim)
-        labels = None if labels is None else labels.cuda()
+        x0, labels = start_state(noise, labels, sampler.t_steps[0], "cuda")
         with torch.no_grad():
-            x, _ = sample(
-                TorchModel(model.network, labels),
-                noise.cuda() * sampler.t_steps[0],
-                sampler.t_steps,
-                sampler.solver_config,
-            )
+            x, _ = sample(TorchModel(model.network, labels), x0, sampler.t_steps, sampler.solver_config)
         return x
 
     noise, labels = make_inputs(0, batch, shape, model.network.label_dim)
@@ -236,7 +231,7 @@ def user_compile_baseline(
     network = copy.deepcopy(model.network).eval()
     compiled = torch.compile(network, mode="reduce-overhead")
     net = network.net
-    shape = (batch, net.img_channels, net.img_resolution, net.img_resolution)
+    shape = (batch, *image_shape(net))
     gen = torch.Generator(device="cuda").manual_seed(0)
 
     def run() -> torch.Tensor:
@@ -348,8 +343,7 @@ def run_bench(
             sampler = bench_sampler(nfe)
             model = prepare_model(f"{name}-nfe{nfe}", net, kwargs, sampler, folder)
             facts.setdefault("gflops_per_image", {})[name] = model.flops_per_image / 1e9
-            net = model.network.net
-            shape, label_dim = (net.img_channels, net.img_resolution, net.img_resolution), model.network.label_dim
+            shape, label_dim = image_shape(model.network.net), model.network.label_dim
             for batch in batches:
                 base_e2e = baseline_e2e(rows, name, nfe, batch)
                 for path in paths:
@@ -375,7 +369,7 @@ def run_bench(
                         row.net_ms, row.e2e_ms = paired_times_ms(net_call, e2e, nfe, repeats)
                         row.inputs_ms = host_time_ms(partial(make_inputs, 0, batch, shape, label_dim), repeats)
                     except Exception as e:  # a path that cannot run here is a finding, not a crash
-                        row.note = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+                        row.note = f"{type(e).__name__}: {first_line(e, 160)}"
                         _record(row, rows, facts, progress, save)
                         continue
                     used = max(torch.cuda.max_memory_allocated(), free_before - torch.cuda.mem_get_info()[0])

@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 from .amed_network import AMEDNetwork, TorchModel
 from .config import MAX_NFE, SamplerConfig, sigma_range
 from .errors import AmedError
-from .noise import as_int, make_inputs
+from .networks import image_shape
+from .noise import as_int, make_inputs, start_state
 from .predictor import AMEDPredictor, PredictorConfig
 from .predictor_file import PredictorBundle
 from .solvers import SolverConfig, SolverState, nested_schedule, sample, solver_names, step
@@ -128,7 +129,7 @@ def distill(
     predictor.train()
     multistep = sampler.solver_config.spec.multistep
     opt = torch.optim.Adam(predictor.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
-    shape = (net.img_channels, net.img_resolution, net.img_resolution)
+    shape = image_shape(net)
     batches = cfg.batches
     losses: list[float] = []
     began = time.monotonic()
@@ -138,8 +139,7 @@ def distill(
             bar.close()
             break
         noise, labels = make_inputs(cfg.seed * 1_000_003 + i, cfg.batch, shape, network.label_dim)
-        x0 = (noise * sampler.sigma_max).to(device)
-        labels = None if labels is None else labels.to(device)
+        x0, labels = start_state(noise, labels, sampler.sigma_max, device)
         targets = teacher_states(network, x0, labels, sampler, cfg)
         model = TorchModel(network, labels)
         state = SolverState()
@@ -195,12 +195,11 @@ def endpoint_rmses(
 ) -> list[float]:
     """`endpoint_rmse` for several solvers, solving the teacher once per seed for all of them."""
     device = next(network.net.parameters()).device
-    shape = (network.net.img_channels, network.net.img_resolution, network.net.img_resolution)
+    shape = image_shape(network.net)
     totals, count = [0.0] * len(solvers), 0
     for seed in seeds:
         noise, labels = make_inputs(seed, batch, shape, network.label_dim)
-        x0 = (noise * sampler.sigma_max).to(device)
-        labels = None if labels is None else labels.to(device)
+        x0, labels = start_state(noise, labels, sampler.sigma_max, device)
         target = teacher_states(network, x0, labels, sampler, cfg)[-1]
         for i, solver in enumerate(solvers):
             x, _ = sample(TorchModel(network, labels), x0, sampler.t_steps, solver)

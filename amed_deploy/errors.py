@@ -3,3 +3,10 @@
 
 class AmedError(Exception):
     """A user-facing error: bad file, mismatched configuration, unsupported option."""
+
+
+def first_line(e: BaseException, limit: int | None = None) -> str:
+    """An exception's message, first line only (at most `limit` characters), for one-line errors."""
+    text = str(e).strip()
+    line = text.splitlines()[0] if text else type(e).__name__
+    return line if limit is None else line[:limit]

@@ -107,6 +107,16 @@ def _temp_beside(path: Path, overwrite: bool) -> Iterator[str]:
     _fsync_dir(path.parent)
 
 
+def check_input_file(path: Path, kind: str) -> None:
+    """Refuse a missing, directory or empty input in one line, before a parser fails on it obscurely."""
+    if not path.exists():
+        raise AmedError(f"{path}: no such file")
+    if path.is_dir():
+        raise AmedError(f"{path} is a directory, not {kind}")
+    if path.stat().st_size == 0:
+        raise AmedError(f"{path} is empty")
+
+
 def check_target(path: Path, overwrite: bool) -> None:
     """Refuse early, before any work is done, to write where the final move would be wrong or fail."""
     try:

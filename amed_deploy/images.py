@@ -11,14 +11,14 @@ import numpy as np
 from PIL import Image, ImageDraw
 from torch import Tensor
 
+from .data import from_model_space
 from .files import atomic_write_bytes
 from .outputs import IMAGE_FORMATS, check_suffix
 
 
 def to_uint8(images: Tensor) -> np.ndarray:
-    """[B,C,H,W] in [-1,1] -> uint8 [B,H,W,C]."""
-    x = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round()
-    return x.permute(0, 2, 3, 1).numpy().astype(np.uint8)
+    """[B,C,H,W] in [-1,1] -> uint8 [B,H,W,C], quantised as FID sees them."""
+    return from_model_space(images).permute(0, 2, 3, 1).contiguous().numpy()
 
 
 def grid(

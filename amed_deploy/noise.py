@@ -78,3 +78,10 @@ def make_inputs(
         return noise, None
     idx = torch.randint(label_dim, (batch,), generator=gen) if labels is None else torch.tensor(labels)
     return noise, torch.nn.functional.one_hot(idx, label_dim).to(torch.float32)
+
+
+def start_state(
+    noise: Tensor, labels: Tensor | None, sigma: float, device: torch.device | str
+) -> tuple[Tensor, Tensor | None]:
+    """The solver's starting x (unit noise scaled to the first time) and the labels, both on `device`."""
+    return noise.to(device) * sigma, None if labels is None else labels.to(device)

@@ -18,7 +18,8 @@ from .config import SamplerConfig, sigma_range
 from .errors import AmedError
 from .files import file_sha256
 from .memory import check_fits
-from .noise import make_inputs
+from .networks import image_shape
+from .noise import make_inputs, start_state
 from .predictor_file import PredictorBundle, load_predictor
 from .solvers import sample
 
@@ -31,8 +32,7 @@ class LoadedModel:
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        net = self.network.net
-        return (net.img_channels, net.img_resolution, net.img_resolution)
+        return image_shape(self.network.net)
 
 
 def load_model(
@@ -73,11 +73,8 @@ def reference_sample(
         raise AmedError(f"solver {sampler.solver} needs a predictor (--predictor amed5.pt)")
     spec = graph_spec(network, sampler if network.predictor is not None else None, "fp32", batch)
     check_fits(spec, batch, torch.device(device))
-    noise, labels = make_inputs(
-        seed, batch, (net.img_channels, net.img_resolution, net.img_resolution), network.label_dim, classes
-    )
-    x0 = noise.to(device) * sampler.t_steps[0]
-    labels_dev = None if labels is None else labels.to(device)
+    noise, labels = make_inputs(seed, batch, image_shape(net), network.label_dim, classes)
+    x0, labels_dev = start_state(noise, labels, sampler.t_steps[0], device)
     x, _ = sample(TorchModel(network, labels_dev), x0, sampler.t_steps, sampler.solver_config)
     check_finite(x, "the sampler")
     return x, labels

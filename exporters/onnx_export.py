@@ -26,7 +26,7 @@ from torch import Tensor
 
 from amed_deploy.amed_network import AMEDNetwork, DeployModule, graph_spec
 from amed_deploy.config import SamplerConfig
-from amed_deploy.errors import AmedError
+from amed_deploy.errors import AmedError, first_line
 from amed_deploy.files import atomic_write_bytes
 from amed_deploy.graph import output_names
 from amed_deploy.metadata import METADATA_KEY, TARGETS, GraphSpec
@@ -127,8 +127,8 @@ def _trace(module: DeployModule, example: dict[str, Tensor], spec: GraphSpec, dy
                     verbose=False,
                 )
         except Exception as e:  # the exporter raises many types; report one line
-            detail = str(e).splitlines()[0] if str(e) else ""
-            raise AmedError(f"ONNX export failed: {type(e).__name__}: {detail} (rerun with --debug for the log)") from e
+            detail = f"{type(e).__name__}: {first_line(e)}"
+            raise AmedError(f"ONNX export failed: {detail} (rerun with --debug for the log)") from e
         return onnx.load(path)
 
 

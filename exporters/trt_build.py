@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from amed_deploy.errors import AmedError
+from amed_deploy.errors import AmedError, first_line
 from amed_deploy.files import atomic_write_bytes, file_sha256
 from amed_deploy.graph import io_shapes
 from amed_deploy.manifest import HARDWARE_COMPATIBILITY, Manifest, manifest_path_for, write_manifest
@@ -126,8 +126,7 @@ def build_engine(
             data = bytes(poly.engine_bytes_from_network((builder, network), config))
             engine = load_engine(data, trt.Runtime(logger))
         except PolygraphyException as e:
-            detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise AmedError(f"TensorRT could not build {onnx_path}: {detail}") from None  # its log is above
+            raise AmedError(f"TensorRT could not build {onnx_path}: {first_line(e)}") from None  # its log is above
     if engine is None:
         raise AmedError(f"TensorRT could not load the engine it just built ({logger.last_errors()})")
     io = engine_io(trt, engine)

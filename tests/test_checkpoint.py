@@ -459,7 +459,9 @@ def test_cli_debug_shows_the_exception(tmp_path):
 
 
 def _tiny_edm():
-    from amed_deploy.networks import TINY_SONGUNET_KWARGS, build_network, randomize_
+    from presets import TINY_SONGUNET_KWARGS
+
+    from amed_deploy.networks import build_network, randomize_
 
     net = build_network("EDMPrecond", dict(TINY_SONGUNET_KWARGS))
     return randomize_(net, seed=3).eval(), dict(TINY_SONGUNET_KWARGS)

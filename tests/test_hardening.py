@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TINY_KWARGS, tiny_net
+from presets import TINY_ADM_KWARGS, TINY_NCSNPP_KWARGS, TINY_SONGUNET_KWARGS
 from safetensors.torch import save_file
 
 from amed_deploy import assets, networks
@@ -23,9 +24,6 @@ from amed_deploy.errors import AmedError
 from amed_deploy.files import file_sha256
 from amed_deploy.networks import (
     NETWORK_CLASSES,
-    TINY_ADM_KWARGS,
-    TINY_NCSNPP_KWARGS,
-    TINY_SONGUNET_KWARGS,
     build_network,
 )
 from amed_deploy.predictor import AMEDPredictor

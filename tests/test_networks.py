@@ -14,15 +14,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from presets import TINY_ADM_KWARGS, TINY_NCSNPP_KWARGS, TINY_SONGUNET_KWARGS
 from torch import nn
 
 from amed_deploy.errors import AmedError
 from amed_deploy.networks import (
     CIFAR10_KWARGS,
     NETWORK_CLASSES,
-    TINY_ADM_KWARGS,
-    TINY_NCSNPP_KWARGS,
-    TINY_SONGUNET_KWARGS,
     EDMPrecond,
     VEPrecond,
     VPPrecond,

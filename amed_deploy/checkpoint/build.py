@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from amed_deploy.checkpoint.format import Checkpoint, check_state_dict, first_line
-from amed_deploy.errors import AmedError
+from amed_deploy.checkpoint.format import Checkpoint, check_state_dict
+from amed_deploy.errors import AmedError, first_line
 
 __all__ = ["build_model"]
 

@@ -43,7 +43,7 @@ import torch
 from amed_deploy import __version__
 from amed_deploy.checkpoint.format import ZIP_MAGIC, Checkpoint, plain_json, torch_error_reason
 from amed_deploy.errors import AmedError
-from amed_deploy.files import file_sha256
+from amed_deploy.files import check_input_file, file_sha256
 
 __all__ = [
     "ALLOWED_GLOBALS",
@@ -464,12 +464,7 @@ def load_edm_snapshot(path: str | os.PathLike) -> Checkpoint:
     """Load the ``ema`` network of an official EDM snapshot pickle without executing anything in it."""
     path = Path(path)
     what = str(path)
-    if not path.exists():
-        raise AmedError(f"{what}: no such file")
-    if path.is_dir():
-        raise AmedError(f"{what} is a directory, not an EDM snapshot pickle")
-    if path.stat().st_size == 0:
-        raise AmedError(f"{what} is empty")
+    check_input_file(path, "an EDM snapshot pickle")
     with open(path, "rb") as f:
         if f.read(4) == ZIP_MAGIC:
             raise AmedError(

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from amed_deploy import __version__
-from amed_deploy.errors import AmedError
+from amed_deploy.errors import AmedError, first_line
 from amed_deploy.files import atomic_open, atomic_write_with
 from amed_deploy.graph import PRECISION_DTYPES, dtype_name
 from amed_deploy.records import TAG, check_stamp, stamp
@@ -39,7 +39,6 @@ __all__ = [
     "ZIP_MAGIC",
     "Checkpoint",
     "check_state_dict",
-    "first_line",
     "model_sha256",
     "parse_dtype",
     "pickled_global",
@@ -235,12 +234,6 @@ def save_checkpoint(
 
 
 # ---------------------------------------------------------------- read
-
-
-def first_line(e: BaseException) -> str:
-    """An exception's message, first line only, for one-line errors."""
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 _TORCH_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")

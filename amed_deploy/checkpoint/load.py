@@ -12,6 +12,7 @@ import torch
 from amed_deploy.checkpoint.edm_pickle import load_edm_snapshot
 from amed_deploy.checkpoint.format import ZIP_MAGIC, Checkpoint, parse_dtype, read_checkpoint
 from amed_deploy.errors import AmedError
+from amed_deploy.files import check_input_file
 
 __all__ = ["load_checkpoint"]
 
@@ -43,12 +44,7 @@ def load_checkpoint(path: str | os.PathLike, *, dtype: str | torch.dtype | None 
     path = Path(path)
     what = str(path)
     want = parse_dtype(dtype)
-    if not path.exists():
-        raise AmedError(f"{what}: no such file")
-    if path.is_dir():
-        raise AmedError(f"{what} is a directory, not a checkpoint file")
-    if path.stat().st_size == 0:
-        raise AmedError(f"{what} is empty")
+    check_input_file(path, "a checkpoint file")
     kind = _sniff(path)
     if kind in ("pt", "safetensors"):
         ckpt = read_checkpoint(path, kind)

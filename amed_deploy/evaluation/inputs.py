@@ -12,6 +12,7 @@ from torch import Tensor
 
 from ..amed_network import AMEDNetwork
 from ..errors import AmedError
+from ..networks import image_shape
 from ..noise import make_inputs
 
 
@@ -37,8 +38,7 @@ def batch_inputs(
     network: AMEDNetwork, seed: int, start: int, size: int, classes: str | int | None, device: torch.device | str
 ) -> tuple[Tensor, Tensor | None]:
     """Unit noise and one-hot labels of one batch, exactly as `reference_sample` draws them."""
-    net = network.net
-    shape = (net.img_channels, net.img_resolution, net.img_resolution)
+    shape = image_shape(network.net)
     labels = batch_classes(network.label_dim, start, size, classes)
     noise, onehot = make_inputs(seed, size, shape, network.label_dim, labels)
     return noise.to(device), None if onehot is None else onehot.to(device)

@@ -15,6 +15,7 @@ from ..amed_network import AMEDNetwork, TorchModel
 from ..config import SamplerConfig
 from ..data import from_model_space, load_fashion_mnist, pad_images
 from ..errors import AmedError
+from ..networks import image_shape
 from ..sampling import reference_sample
 from ..solvers import SolverConfig, make_schedule, sample
 from ..solvers.reference import reference_solution
@@ -37,7 +38,7 @@ def sample_many(
     """n images as uint8 [N,C,H,W] (quantised like a saved PNG) and their class indices [N] (None when
     unconditional). Batch i uses seed seed0 + i; `classes`: 'uniform' (cycle), 'random', or one class."""
     net = network.net
-    images = torch.empty((n, net.img_channels, net.img_resolution, net.img_resolution), dtype=torch.uint8)
+    images = torch.empty((n, *image_shape(net)), dtype=torch.uint8)
     labels = np.empty(n, dtype=np.int64) if network.label_dim else None
     desc = f"sample {sampler_cfg.solver} NFE {sampler_cfg.nfe}"
     for i, (start, size) in enumerate(tqdm(batch_slices(n, batch), desc=desc, unit="batch", disable=not progress)):

@@ -25,9 +25,6 @@ __all__ = [
     "MODEL_TYPES",
     "NETWORK_CLASSES",
     "CIFAR10_KWARGS",
-    "TINY_ADM_KWARGS",
-    "TINY_NCSNPP_KWARGS",
-    "TINY_SONGUNET_KWARGS",
     "DhariwalUNet",
     "EDMPrecond",
     "SongUNet",
@@ -37,6 +34,7 @@ __all__ = [
     "count_parameters",
     "feature_shapes",
     "iDDPMPrecond",
+    "image_shape",
     "randomize_",
 ]
 
@@ -65,47 +63,6 @@ CIFAR10_KWARGS: dict[str, Any] = dict(
     channel_mult_noise=1,
     resample_filter=[1, 1],
 )
-
-# The configuration of tests/data/tiny-ddpmpp.keys.tsv (EDMPrecond kwargs); fast on a CPU.
-TINY_SONGUNET_KWARGS: dict[str, Any] = dict(
-    img_resolution=16,
-    img_channels=3,
-    label_dim=10,
-    model_type="SongUNet",
-    model_channels=32,
-    channel_mult=[1, 2],
-    num_blocks=1,
-    attn_resolutions=[8],
-    augment_dim=9,
-    embedding_type="positional",
-    encoder_type="standard",
-    decoder_type="standard",
-    channel_mult_noise=1,
-    resample_filter=[1, 1],
-)
-
-# Tiny NCSN++ (fourier embedding, residual encoder, skip decoder, [1,3,3,1] filter), for VE tests.
-TINY_NCSNPP_KWARGS: dict[str, Any] = dict(
-    TINY_SONGUNET_KWARGS,
-    embedding_type="fourier",
-    encoder_type="residual",
-    decoder_type="skip",
-    channel_mult_noise=2,
-    resample_filter=[1, 3, 3, 1],
-)
-
-# Tiny ADM: 64 channels at 8x8 gives one 64-channel attention head there.
-TINY_ADM_KWARGS: dict[str, Any] = dict(
-    img_resolution=16,
-    img_channels=3,
-    label_dim=10,
-    model_type="DhariwalUNet",
-    model_channels=32,
-    channel_mult=[1, 2],
-    num_blocks=1,
-    attn_resolutions=[8],
-)
-
 
 # Integer constructor arguments of the preconditioners and both U-Nets: (smallest, largest) allowed.
 # The upper bounds only cap what makes construction itself slow (module count, iDDPM's M-step loop);
@@ -259,6 +216,11 @@ def build_network(class_name: str, kwargs: dict[str, Any], *, meta: bool = False
         raise AmedError(f"cannot build {short} from kwargs {sorted(kwargs)}: {type(exc).__name__}: {reason}") from None
     _check_group_norms(short, net)
     return net
+
+
+def image_shape(net: nn.Module) -> tuple[int, int, int]:
+    """(C, H, W) of one image the network denoises; every network here is square."""
+    return (net.img_channels, net.img_resolution, net.img_resolution)
 
 
 def count_parameters(net: nn.Module) -> int:

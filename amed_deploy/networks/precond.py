@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..solvers.schedules import vp_sigma
 from .dhariwal import DhariwalUNet
 from .songunet import SongUNet
 
@@ -187,7 +188,7 @@ class VPPrecond(_Precond):
         self._setup(img_resolution, img_channels, label_dim, use_fp16, model_type, img_channels, model_kwargs)
 
     def sigma(self, t: float | torch.Tensor) -> torch.Tensor:
-        """sigma(t) of the VP SDE."""
+        """sigma(t) of the VP SDE in EDM's float32 exp() - 1, so sigma_min/sigma_max match EDM's."""
         t = torch.as_tensor(t)
         return ((0.5 * self.beta_d * (t**2) + self.beta_min * t).exp() - 1).sqrt()
 
@@ -196,11 +197,7 @@ class VPPrecond(_Precond):
         """sigma(epsilon_t) .. sigma(1) exactly (float64, expm1); the constructor's own values go through
         the float32 `sigma`, as EDM's do, which is a few percent off at epsilon_t."""
         beta_d, beta_min = kwargs["beta_d"], kwargs["beta_min"]
-
-        def sigma(t: float) -> float:
-            return math.sqrt(math.expm1(0.5 * beta_d * t**2 + beta_min * t))
-
-        return sigma(kwargs["epsilon_t"]), sigma(1.0)
+        return vp_sigma(kwargs["epsilon_t"], beta_d, beta_min), vp_sigma(1.0, beta_d, beta_min)
 
     def sigma_inv(self, sigma: float | torch.Tensor) -> torch.Tensor:
         """t(sigma), the inverse of `sigma`."""

@@ -11,7 +11,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import AmedError
+from ..errors import AmedError, first_line
+from ..files import check_input_file
 from ..graph import SIGMA, SIGMA_NEXT, dtype_name, image_dtype, io_dtype, io_shapes
 from ..metadata import GraphSpec, onnx_graph_spec, spec_from_metadata_props
 from .executor import CUDA_SETUP_LOCK, Executor, allocate
@@ -28,18 +29,14 @@ def open_session(path: str | os.PathLike, providers: list | None = None) -> ort.
     import onnxruntime as ort
 
     path = Path(path)
-    if not path.is_file():
-        raise AmedError(f"ONNX file not found: {path}")
-    if path.stat().st_size == 0:
-        raise AmedError(f"{path} is empty")
+    check_input_file(path, "an ONNX graph")
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     try:
         return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
     except Exception as e:  # ORT raises its own types for protobuf and graph errors
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise AmedError(f"{path} is not a loadable ONNX graph (truncated or corrupt?): {first}") from None
+        raise AmedError(f"{path} is not a loadable ONNX graph (truncated or corrupt?): {first_line(e)}") from None
 
 
 def read_spec(session: ort.InferenceSession, source: str) -> GraphSpec:

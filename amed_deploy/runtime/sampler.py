@@ -21,7 +21,7 @@ from torch import Tensor
 from ..amed_network import graph_spec
 from ..config import SamplerConfig, sigma_range
 from ..devices import resolve_device
-from ..errors import AmedError
+from ..errors import AmedError, first_line
 from ..graph import DENOISED, LABELS, SIGMA, SIGMA_NEXT, A, C, R, X
 from ..metadata import GraphSpec
 from ..noise import as_int, make_inputs
@@ -183,7 +183,7 @@ class Sampler:
             except Exception as e:
                 self._graph = None  # a failure mid-capture leaves no usable graph: record again next time
                 if _is_device_fault(e):
-                    self._broken = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                    self._broken = f"{type(e).__name__}: {first_line(e, 200)}"
                     raise AmedError(f"the device failed while sampling ({self._broken}); {REBUILD}") from e
                 raise
         if not torch.isfinite(images).all():

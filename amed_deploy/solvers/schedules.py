@@ -26,6 +26,11 @@ def logsnr(num_points: int, sigma_min: float, sigma_max: float) -> list[float]:
     return [math.exp(a + i / (num_points - 1) * (b - a)) for i in range(num_points)]
 
 
+def vp_sigma(u: float, beta_d: float, beta_min: float) -> float:
+    """sigma(u) = sqrt(exp(beta_d u^2/2 + beta_min u) - 1) of the VP SDE, in float64 with expm1 (exact near 0)."""
+    return math.sqrt(math.expm1(beta_d * u * u / 2 + beta_min * u))
+
+
 def vp_coefficients(sigma_min: float, sigma_max: float, eps: float = VP_EPS) -> tuple[float, float]:
     """(beta_d, beta_min) of the VP curve sigma(u) = sqrt(exp(beta_d u^2/2 + beta_min u) - 1)
     passing through sigma(1) = sigma_max and sigma(eps) = sigma_min (a 2x2 linear solve)."""
@@ -45,7 +50,7 @@ def time_uniform(
     beta_d, beta_min = vp_coefficients(sigma_min, sigma_max, eps)
     a, b = 1.0, eps ** (1 / rho)
     us = [(a + i / (num_points - 1) * (b - a)) ** rho for i in range(num_points)]
-    out = [math.sqrt(math.expm1(beta_d * u * u / 2 + beta_min * u)) for u in us]
+    out = [vp_sigma(u, beta_d, beta_min) for u in us]
     out[0], out[-1] = sigma_max, sigma_min  # exact end points despite rounding
     return out
 
