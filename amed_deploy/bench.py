@@ -98,9 +98,9 @@ def paired_times_ms(
 ) -> tuple[float, float]:
     """(network alone, end to end), measured alternately so both see the same GPU clock state.
 
-    The network is timed as `nfe` back-to-back calls (the loop's duty cycle) divided by `nfe`: timed
-    alone and idle, a forward ran ~6% faster on the H100 than inside sustained work, which made a
-    loop that adds nothing look like a 1.09x overhead."""
+    The network is timed as `nfe` back-to-back calls (the loop's duty cycle) divided by `nfe`: a
+    forward timed alone and idle runs faster than inside sustained work, which would make a loop
+    that adds nothing look like overhead (docs/BENCHMARKS.md)."""
     for _ in range(3):
         net_call()
         e2e()

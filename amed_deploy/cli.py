@@ -1072,7 +1072,7 @@ def _int_list(value: str, option: str) -> list[int]:
     default="sqrtm",
     show_default=True,
     type=click.Choice(["sqrtm", "eigh"]),
-    help="Frechet distance: scipy sqrtm (standard), or symmetric eigenvalues (same value, ~5x faster).",
+    help="Frechet distance: scipy sqrtm (standard), or symmetric eigenvalues (same value, faster).",
 )
 @click.option("--resume", is_flag=True, help="Keep cells already in --out (same settings) and skip them.")
 @_force_option

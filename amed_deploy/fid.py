@@ -22,9 +22,8 @@ Preprocessing, the same for samples and training images: uint8 images (quantised
 PNG would be), grayscale replicated to 3 channels, resized from 32x32 to 299x299 bilinearly. The
 default `resize="tf"` is TensorFlow 1's legacy bilinear resize (sample j at j * in / out), which
 NVIDIA's network does inside: with it, this file plus this preprocessing is exactly the NVIDIA/EDM FID
-pipeline. `resize="bilinear"` is torch's align_corners=False (pytorch-fid's choice). Measured on
-Fashion-MNIST (test 10k vs train 60k, H200): FID 1.4156 (tf) vs 1.4158 (bilinear); feeding 0..255
-instead of (p - 128) / 128 gives 1.89, and 348 instead of 114 for blurred images.
+pipeline. `resize="bilinear"` is torch's align_corners=False (pytorch-fid's choice); how much the
+resize and the input range change FID is in docs/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -226,7 +225,7 @@ def frechet_distance(
 
     method "sqrtm" (the standard implementation): scipy's matrix square root of s1 s2; when the
     product is singular (non-finite result) both covariances get eps on their diagonal; the root's
-    imaginary part (numerical noise) is dropped. It takes ~9 s for 2048x2048 even on a 16-core host.
+    imaginary part (numerical noise) is dropped. It is slow at 2048x2048.
     method "eigh": the same trace from symmetric eigenvalues, tr (s1 s2)^(1/2) = sum sqrt(eig(A s2 A))
     with A = s1^(1/2) (s1 s2 = A (A s2) and (A s2) A share eigenvalues): several times faster, exact
     for singular covariances, equal to "sqrtm" to ~1e-9 relative."""

@@ -1,4 +1,4 @@
-"""Distillation speed on the GPU machine: time per kimg (1000 trajectories) for a real-size network.
+"""Distillation speed on a CUDA GPU: time per kimg (1000 trajectories) for a real-size network.
 
 python benchmarks/distill_speed.py --kimg 0.512 --out docs/distill_speed.md
 """

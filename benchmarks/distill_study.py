@@ -1,8 +1,8 @@
-"""Which distillation recipe gives the best AMED predictors for a model? (GPU machine)
+"""Which distillation recipe gives the best AMED predictors for a model? (needs a CUDA GPU)
 
     export PYTHONPATH=$PWD
     python benchmarks/distill_study.py --ckpt amed_deploy/assets/fashion_mnist_edm.safetensors \\
-        --work /tmp/work/study --out $OUT --minutes 9
+        --work work/study --out results/study --minutes 9
 
 Stage 1 distils every NFE-5 variant in VARIANTS and measures each one's RMSE against a high-accuracy
 solution of the ODE (Heun, 256 polynomial points) on held-out noise, next to the training-free

@@ -1,4 +1,4 @@
-"""GPU report for the deploy pipeline (run on the GPU machine): every executor and precision compared
+"""GPU report for the deploy pipeline (needs a CUDA GPU): every executor and precision compared
 with the fp32 PyTorch reference on the same noise, and a first end-to-end latency table.
 
     python benchmarks/gpu_parity_latency.py --out docs/gpu_report.md

@@ -1,8 +1,8 @@
-"""Reliability on the GPU machine: a long soak of one Sampler, faults injected into a running Sampler,
+"""Reliability on a CUDA GPU: a long soak of one Sampler, faults injected into a running Sampler,
 and CUDA-side concurrency, on the bundled model (NFE 5). Figures go to docs/RELIABILITY.md.
 
-    export PYTHONPATH=/tmp/site:$PWD      # /tmp/site: onnxruntime-gpu, if staged
-    python benchmarks/gpu_reliability.py --calls 2000 --out $OUT/reliability.json
+    pip install onnxruntime-gpu           # optional: adds the `ort` path
+    python benchmarks/gpu_reliability.py --calls 2000 --out results/reliability.json
 
 Paths: `torch` (PyTorch fp16, whole loop as one CUDA graph) and `ort` (ONNX Runtime CUDA provider,
 fp16 graph) when onnxruntime-gpu is importable. The sticky-fault check runs in a child process,

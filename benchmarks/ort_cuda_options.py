@@ -4,7 +4,7 @@ The bench found ORT's CUDA provider 3-6x slower than PyTorch on this graph; this
 run, the documented knobs that could explain it: NHWC convolutions (prefer_nhwc), cuDNN's algorithm
 search, and (fp32 only) TF32, which our sessions switch off for parity.
 
-python benchmarks/ort_cuda_options.py --out $OUT/ort_options.json
+python benchmarks/ort_cuda_options.py --out results/ort_options.json
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Where one network forward spends its GPU time (torch profiler; no nsys needed), for a bench path.
 
-python benchmarks/profile_forward.py --network cifar10 --path torch-fp16 --batch 256 --out $OUT/profile.txt
+python benchmarks/profile_forward.py --network cifar10 --path torch-fp16 --batch 256 --out results/profile.txt
 """
 
 from __future__ import annotations

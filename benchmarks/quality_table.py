@@ -1,12 +1,11 @@
-"""Sample quality on the GPU machine: FID and RMSE for every solver x NFE cell (as `amed-deploy eval`),
+"""Sample quality on a CUDA GPU: FID and RMSE for every solver x NFE cell (as `amed-deploy eval`),
 the reference sampler's FID, PCA of accurate trajectories, and sample grids at NFE 5.
 
-    export PYTHONPATH=/tmp/site:$PWD
     python benchmarks/quality_table.py --ckpt runs/edm.pt --predictor-dir runs/predictors \\
-        --data /tmp/stage/data/fashion-mnist --inception /tmp/stage/data/inception-2015-12-05.pt \\
-        --num 10000 --device cuda --work /tmp/work/quality --out $OUT --minutes 9
+        --data fashion-mnist/ --inception inception-2015-12-05.pt \\
+        --num 10000 --device cuda --work work/quality --out results/quality --minutes 9
 
-Writes 5 files into --out (the device returns at most 8): results.json, RESULTS_table.md,
+Writes 5 files into --out: results.json, RESULTS_table.md,
 fid_vs_nfe.png, pca.png and samples_nfe5.png (one row per solver at NFE 5 plus EDM's Heun NFE 35,
 one column per class, the same noise in every column). Progress (results JSON after every cell, the
 training-set statistics) lives in --work: a call cut short by --minutes, or a later call on the same

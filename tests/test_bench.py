@@ -1,4 +1,4 @@
-"""The benchmark's bookkeeping on the CPU (the measurements themselves run on the GPU machine)."""
+"""The benchmark's bookkeeping on the CPU (the measurements themselves need a CUDA GPU)."""
 
 from __future__ import annotations
 

@@ -4,6 +4,7 @@ when present) the real files."""
 from __future__ import annotations
 
 import gzip
+import os
 import struct
 from pathlib import Path
 
@@ -149,13 +150,17 @@ def test_class_names():
 
 
 def _real_folder() -> Path | None:
-    for folder in (Path(DEFAULT_FOLDER), Path(__file__).resolve().parents[2] / "shared/data/fashion-mnist"):
+    for folder in (Path(os.environ.get("AMED_FASHION_MNIST", DEFAULT_FOLDER)), Path(DEFAULT_FOLDER)):
         if (folder / "t10k-images-idx3-ubyte.gz").is_file():
             return folder
     return None
 
 
-@pytest.mark.skipif(_real_folder() is None, reason="Fashion-MNIST files not installed")
+@pytest.mark.skipif(
+    _real_folder() is None,
+    reason=f"Fashion-MNIST IDX files not found: apt install dataset-fashion-mnist (files in {DEFAULT_FOLDER}), "
+    "or set AMED_FASHION_MNIST to a folder holding t10k-images-idx3-ubyte.gz",
+)
 def test_real_files():
     images, labels = load_fashion_mnist(_real_folder(), "test")  # the small split: fast
     assert images.shape == (10000, 28, 28) and labels.shape == (10000,)

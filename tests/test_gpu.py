@@ -1,4 +1,4 @@
-"""GPU parity (run on the GPU machine through the device tool: `pytest -m gpu`): the PyTorch CUDA
+"""GPU parity (needs a CUDA GPU: `pytest -m gpu`): the PyTorch CUDA
 executor and ONNX Runtime's CUDA provider, fp32 and fp16, against the fp32 CPU reference."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from amed_deploy.runtime import Sampler
 
 pytestmark = [
     pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run through the device tool)"),
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
 ]
 BOUND = {"fp32": 1e-3, "fp16": 5e-2, "bf16": 1e-1}  # relative to the data scale; fp32 allows cuDNN's algorithm choice
 

@@ -1,7 +1,7 @@
 """Tests of the independent EDM network re-implementation (amed_deploy.networks).
 
 Key lists in tests/data come from the official code; everything else checks documented behaviour
-(docs in /work/shared/docs/EDM_NETWORKS.md) on tiny randomised networks so the file runs fast on CPU.
+on tiny randomised networks so the file runs fast on CPU.
 """
 
 from __future__ import annotations

@@ -195,15 +195,14 @@ def reference_kernels() -> contextlib.AbstractContextManager[None]:
 def ort_cuda_formulation() -> contextlib.AbstractContextManager[None]:
     """Box-filter resampling as nearest Resize / 2x2 AveragePool in any dtype and on any device (the
     same values as the depthwise (transposed) convolutions, up to fp32 rounding): what the ORT-CUDA
-    export traces: ONNX Runtime's profiler put most of a first run of the ORT-CUDA graph in its CUDA
-    depthwise ConvTranspose (steady-state effect: docs/BENCHMARKS.md)."""
+    export traces, because ONNX Runtime's CUDA depthwise ConvTranspose is slow (docs/BENCHMARKS.md)."""
     return _kernels(ort_cuda=True)
 
 
 def _fused_kernels(x: torch.Tensor) -> bool:
     """Half-precision CUDA tensors take PyTorch's fast kernels (fused GroupNorm, flash attention, and
-    pooling for box-filter resampling, where cuDNN's depthwise convolutions took ~10% of a compiled
-    CIFAR-10 forward), which keep fp32 accumulation internally. Everything else, including every ONNX
+    pooling for box-filter resampling, where cuDNN's depthwise convolutions are slow), which keep fp32
+    accumulation internally. Everything else, including every ONNX
     export (traced on the CPU) and the fp32 baseline, runs the reference formulation, which spells
     the fp32 statistics out so the exported graph is safe in fp16 on any runtime."""
     return _KERNELS["fast"] and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)
@@ -235,8 +234,7 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.
     """The same attention through PyTorch's fused kernel (flash attention on CUDA in fp16).
 
     Its fused kernels need 4-D [N, heads, L, d] inputs with unit stride along d; anything else falls
-    back, silently, to its math path, which computes half inputs in fp32 (found in the H200 profile:
-    7% of the compiled CIFAR-10 forward in fp32 FFMA matmuls)."""
+    back, silently, to its math path, which computes half inputs in fp32 (docs/BENCHMARKS.md)."""
     q, k, v = (t.transpose(1, 2).unsqueeze(1).contiguous() for t in (q, k, v))  # [N, 1, L, d]
     return F.scaled_dot_product_attention(q, k, v).squeeze(1).transpose(1, 2)
 

@@ -1,6 +1,6 @@
 """SongUNet: the DDPM++ / NCSN++ U-Net of EDM's CIFAR-10, FFHQ and AFHQv2 checkpoints.
 
-Written from the documented architecture (docs/EDM_NETWORKS.md); module names, shapes and order match
+Written from the architecture described in the EDM paper (Karras et al., 2022); module names, shapes and order match
 the official state dicts so released weights load by name.
 """
 

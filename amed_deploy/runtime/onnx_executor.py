@@ -87,8 +87,7 @@ class OnnxExecutor(Executor):
             options = {
                 "device_id": device.index or 0,
                 "use_tf32": "0",
-                # Measured on the H100 (docs/BENCHMARKS.md): the exhaustive search picks convolution
-                # kernels 2x slower on the fp16 CIFAR-10 graph at batch 256; elsewhere within 3%.
+                # the exhaustive search can pick much slower fp16 convolution kernels (docs/BENCHMARKS.md)
                 "cudnn_conv_algo_search": "HEURISTIC",
             }
             if target == "ort-cuda":
