@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from . import __version__
-from .config import SamplerConfig
+from .config import SamplerConfig, sigma_range
 from .errors import AmedError
 from .graph import PRECISION_DTYPES
 from .metadata import GraphSpec
@@ -128,6 +128,7 @@ def graph_spec(
         kind="amed" if network.predictor is not None else "denoiser",
         precision=precision,
         image_shape=image_shape(net),
+        sigma_range=sigma_range(net),
         label_dim=network.label_dim,
         batch_min=lo,
         batch_opt=batch,

@@ -22,7 +22,7 @@ import torch
 
 from .amed_network import AMEDNetwork, TorchModel
 from .checkpoint.format import Checkpoint, model_sha256, save_checkpoint
-from .config import SamplerConfig
+from .config import EDM_SIGMA_RANGE, SamplerConfig
 from .errors import AmedError, first_line
 from .files import file_sha256
 from .networks import CIFAR10_KWARGS, build_network, image_shape, randomize_
@@ -172,7 +172,7 @@ def random_cifar10() -> tuple[torch.nn.Module, dict]:
 
 def bench_sampler(nfe: int) -> SamplerConfig:
     """AMED-Solver on the EDM time grid, with AFS at odd NFE (as the paper's NFE 5 rows)."""
-    return SamplerConfig.create("amed", nfe, "time_uniform", 0.002, 80.0, afs=nfe % 2 == 1)
+    return SamplerConfig.create("amed", nfe, "time_uniform", EDM_SIGMA_RANGE, afs=nfe % 2 == 1)
 
 
 def prepare_model(name: str, net: torch.nn.Module, kwargs: dict, sampler: SamplerConfig, folder: Path) -> BenchModel:

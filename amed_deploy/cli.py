@@ -17,6 +17,7 @@ import click
 from click.core import ParameterSource
 
 from amed_deploy import __version__
+from amed_deploy.config import DEFAULT_SCHEDULE
 from amed_deploy.errors import AmedError
 from amed_deploy.outputs import CHECKPOINT_SUFFIXES, IMAGE_FORMATS, check_suffix, plan_outputs
 
@@ -486,7 +487,7 @@ def distill(ckpt: Path, nfe: int, out: Path | None, force: bool, device, minutes
 @_predictor_option("Predictor from `distill` (or a bundled name such as amed5).")
 @click.option("--solver", default=None, help="A solver by name (euler, heun, dpm2, ipndm, dpmpp3m, ...) instead.")
 @click.option("--nfe", type=_nfe_type(), default=None, help="NFE for --solver (checked against a predictor's own).")
-@click.option("--schedule", default="polynomial", show_default=True, help="Schedule for --solver.")
+@click.option("--schedule", default=DEFAULT_SCHEDULE, show_default=True, help="Schedule for --solver.")
 @click.option("--afs", is_flag=True, help="Analytical first step for --solver.")
 @click.option("--batch", default=16, show_default=True, type=BATCH)
 @click.option("--seed", default=0, show_default=True, type=SEED)

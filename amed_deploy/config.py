@@ -13,6 +13,8 @@ MAX_NFE = 1000  # far beyond few-step sampling; a typo such as --nfe 1000000 wou
 MAX_ORDER = 4  # multistep solvers' highest order
 MAX_SIGMA = 1e5  # EDM samples from sigma 80
 TIME_TOLERANCE = 1e-6  # relative slack of t_steps[0] over sigma_max (rounding in the schedule)
+DEFAULT_SCHEDULE = "polynomial"  # a training-free solver's time points unless told otherwise (EDM's)
+EDM_SIGMA_RANGE = (0.002, 80.0)  # EDM's sampling range, clipped to what a network supports
 
 
 @dataclass(frozen=True)
@@ -36,13 +38,14 @@ class SamplerConfig:
         solver: str,
         nfe: int,
         schedule: str,
-        sigma_min: float,
-        sigma_max: float,
+        sigmas: tuple[float, float],
         afs: bool,
         rho: float | None = None,
         max_order: int = 4,
     ) -> SamplerConfig:
-        """Derive N from the NFE budget (a clear error when the NFE is impossible) and the time points."""
+        """The one way to make a sampler: N from the NFE budget (a clear error when the NFE is impossible)
+        and the time points over `sigmas` = (sigma_min, sigma_max), the network's `sigma_range`."""
+        sigma_min, sigma_max = sigmas
         if nfe > MAX_NFE:
             raise AmedError(f"NFE {nfe} is above the maximum of {MAX_NFE} evaluations")
         canonical = SolverConfig(solver, afs, max_order).name
@@ -106,7 +109,9 @@ class SamplerConfig:
 
 
 def sigma_range(net: object) -> tuple[float, float]:
-    """The sampling range: EDM's 0.002..80 clipped to what the network declares it supports."""
-    lo = max(0.002, float(getattr(net, "sigma_min", 0.0) or 0.0))
-    hi = min(80.0, float(getattr(net, "sigma_max", math.inf) or math.inf))
+    """The sampling range: EDM's range clipped to what the network declares it supports. Every graph
+    records it (GraphSpec.sigma_range), so a solver chosen at run time gets the same time points on
+    every executor."""
+    lo = max(EDM_SIGMA_RANGE[0], float(getattr(net, "sigma_min", 0.0) or 0.0))
+    hi = min(EDM_SIGMA_RANGE[1], float(getattr(net, "sigma_max", math.inf) or math.inf))
     return lo, hi

@@ -82,8 +82,7 @@ class DistillConfig:
 
 
 def sampler_for(net: nn.Module, cfg: DistillConfig) -> SamplerConfig:
-    lo, hi = sigma_range(net)
-    return SamplerConfig.create(cfg.student, cfg.nfe, cfg.schedule, lo, hi, cfg.afs, cfg.rho)
+    return SamplerConfig.create(cfg.student, cfg.nfe, cfg.schedule, sigma_range(net), cfg.afs, cfg.rho)
 
 
 @torch.no_grad()

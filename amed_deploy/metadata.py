@@ -12,13 +12,13 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .config import SamplerConfig
+from .config import EDM_SIGMA_RANGE, MAX_SIGMA, SamplerConfig
 from .errors import AmedError
 from .records import check_stamp, stamp
 
 METADATA_KEY = "amed_deploy"
 FORMAT = "amed-deploy/graph"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: sigma_range recorded in every graph (version 1 records read as their readers did)
 KINDS = ("amed", "denoiser")
 PRECISIONS = ("fp32", "fp16", "bf16")  # bf16: the PyTorch executor only (exporters refuse it)
 # What a graph was exported for: standard ONNX that any runtime (TensorRT 10/11 too) parses, or a graph
@@ -137,8 +137,12 @@ class GraphSpec:
     network: dict = field(default_factory=dict)
     producer: dict = field(default_factory=dict)
     target: str = "portable"
+    sigma_range: tuple[float, float] = EDM_SIGMA_RANGE  # the network's; a solver chosen at run time uses it
 
     def __post_init__(self) -> None:
+        lo, hi = self.sigma_range
+        if not 0 < lo < hi <= MAX_SIGMA:
+            raise AmedError(f"graph sigma range must satisfy 0 < sigma_min < sigma_max, got {lo:g}..{hi:g}")
         if self.target not in TARGETS:
             raise AmedError(f"graph target must be one of {TARGETS}, got {self.target!r}")
         if self.kind not in KINDS:
@@ -170,6 +174,7 @@ class GraphSpec:
         d["sampler"] = None if self.sampler is None else self.sampler.to_dict()
         d["image_shape"] = list(self.image_shape)
         d["afs_rca"] = None if self.afs_rca is None else list(self.afs_rca)
+        d["sigma_range"] = list(self.sigma_range)
         return d
 
     def to_json(self) -> str:
@@ -181,9 +186,16 @@ class GraphSpec:
         if not isinstance(d, dict):
             raise AmedError("amed-deploy metadata is not a JSON object")
         check_nesting(d, "amed-deploy metadata")
-        check_stamp(d, FORMAT, FORMAT_VERSION, "amed-deploy metadata", "a graph record made by `amed-deploy export`")
+        version = check_stamp(
+            d, FORMAT, FORMAT_VERSION, "amed-deploy metadata", "a graph record made by `amed-deploy export`"
+        )
         try:
             sampler = None if d.get("sampler") is None else SamplerConfig.from_dict(d["sampler"])
+            if version >= 2:
+                lo, hi = strict_list(d["sigma_range"], "sigma_range", 2)
+                sigmas = (strict_float(lo, "sigma_min", 0.0, MAX_SIGMA), strict_float(hi, "sigma_max", 0.0, MAX_SIGMA))
+            else:  # what version-1 readers used for a solver chosen at run time
+                sigmas = (sampler.sigma_min, sampler.sigma_max) if sampler is not None else EDM_SIGMA_RANGE
             c, h, w = strict_list(d["image_shape"], "image_shape", 3)
             shape = (
                 strict_int(c, "image channels", 1, MAX_CHANNELS),
@@ -211,6 +223,7 @@ class GraphSpec:
                 network=_network(d.get("network")),
                 producer=_object(d.get("producer"), "producer"),
                 target=strict_str(d.get("target", "portable"), "target"),
+                sigma_range=sigmas,
             )
         except FieldError as e:
             raise AmedError(f"amed-deploy metadata is malformed: {e}") from None

@@ -14,7 +14,7 @@ from .amed_network import AMEDNetwork, TorchModel, graph_spec
 from .checkpoint.build import build_model
 from .checkpoint.format import model_sha256
 from .checkpoint.load import load_checkpoint
-from .config import SamplerConfig, sigma_range
+from .config import DEFAULT_SCHEDULE, SamplerConfig, sigma_range
 from .errors import AmedError
 from .files import file_sha256
 from .memory import check_fits
@@ -51,11 +51,10 @@ def load_model(
 
 
 def baseline_sampler(
-    net: torch.nn.Module, solver: str, nfe: int, schedule: str = "polynomial", afs: bool = False
+    net: torch.nn.Module, solver: str, nfe: int, schedule: str = DEFAULT_SCHEDULE, afs: bool = False
 ) -> SamplerConfig:
     """A training-free solver at a given NFE, over the network's sampling range."""
-    lo, hi = sigma_range(net)
-    return SamplerConfig.create(solver, nfe, schedule, lo, hi, afs)
+    return SamplerConfig.create(solver, nfe, schedule, sigma_range(net), afs)
 
 
 @torch.no_grad()

@@ -325,7 +325,7 @@ def test_bundled_predictor_follows_the_model_not_the_file(tmp_path):
 
 
 def _bundle(sha: str = "ab" * 32, model: str | None = None) -> PredictorBundle:
-    sampler = SamplerConfig.create("amed", 5, "time_uniform", 0.002, 80.0, True)
+    sampler = SamplerConfig.create("amed", 5, "time_uniform", (0.002, 80.0), True)
     torch.manual_seed(0)
     return PredictorBundle(AMEDPredictor(), sampler, "enc.8x8_block0", sha, {}, model)
 

@@ -27,7 +27,7 @@ GPU, CC = "NVIDIA H100 80GB HBM3", "9.0"
 
 
 def make_spec(precision: str = "fp16", label_dim: int = 0) -> GraphSpec:
-    cfg = SamplerConfig.create("amed", 5, "time_uniform", 0.002, 80.0, True)
+    cfg = SamplerConfig.create("amed", 5, "time_uniform", (0.002, 80.0), True)
     return GraphSpec("amed", precision, (3, 8, 8), label_dim, 1, 2, 4, sampler=cfg, afs_rca=(0.5, 1.0, 0.1))
 
 

@@ -111,7 +111,7 @@ def test_gradients_reach_the_predictor_only():
     net = tiny_net()
     before = {k: v.clone() for k, v in net.state_dict().items()}
     network = AMEDNetwork(net.requires_grad_(False), AMEDPredictor())
-    sampler = SamplerConfig.create("amed", 5, "time_uniform", 0.002, 80.0, True)
+    sampler = SamplerConfig.create("amed", 5, "time_uniform", (0.002, 80.0), True)
     x = torch.randn(2, 1, 16, 16) * 5
     x_next = step(TorchModel(network), x, sampler.t_steps, 1, SolverConfig("amed", True), SolverState())
     x_next.square().mean().backward()
@@ -124,7 +124,7 @@ def test_gradients_reach_the_predictor_only():
 def test_predictor_file_round_trip_and_checkpoint_binding(tmp_path):
     torch.manual_seed(3)
     p = AMEDPredictor(PredictorConfig(scale_dir=0.02, scale_time=0.1))
-    sampler = SamplerConfig.create("amed", 5, "time_uniform", 0.002, 80.0, True)
+    sampler = SamplerConfig.create("amed", 5, "time_uniform", (0.002, 80.0), True)
     path = tmp_path / "p.pt"
     save_predictor(path, PredictorBundle(p, sampler, "enc.8x8_block0", "ab" * 32, {"note": 1}))
     loaded = load_predictor(path, checkpoint_sha256="ab" * 32)
@@ -145,8 +145,8 @@ def test_predictor_file_round_trip_and_checkpoint_binding(tmp_path):
 
 def test_sampler_config_validation():
     with pytest.raises(AmedError, match="odd"):
-        SamplerConfig.create("amed", 4, "time_uniform", 0.002, 80.0, True)
-    cfg = SamplerConfig.create("amed", 5, "time_uniform", 0.002, 80.0, True)
+        SamplerConfig.create("amed", 4, "time_uniform", (0.002, 80.0), True)
+    cfg = SamplerConfig.create("amed", 5, "time_uniform", (0.002, 80.0), True)
     assert cfg.num_points == 4 and cfg.t_steps[0] == 80.0
     bad = {**cfg.to_dict(), "nfe": 7}
     with pytest.raises(AmedError, match="inconsistent"):

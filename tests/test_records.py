@@ -286,8 +286,8 @@ def test_bad_target_is_refused_on_construction():
 
 def test_nfe_above_the_maximum_is_refused_by_create():
     with pytest.raises(AmedError, match=rf"NFE {MAX_NFE + 1} is above the maximum of {MAX_NFE}"):
-        SamplerConfig.create("ipndm", MAX_NFE + 1, "polynomial", 0.002, 80.0, False)
-    assert SamplerConfig.create("ipndm", MAX_NFE, "polynomial", 0.002, 80.0, False).num_points == MAX_NFE + 1
+        SamplerConfig.create("ipndm", MAX_NFE + 1, "polynomial", (0.002, 80.0), False)
+    assert SamplerConfig.create("ipndm", MAX_NFE, "polynomial", (0.002, 80.0), False).num_points == MAX_NFE + 1
 
 
 # --- metadata against the graph's real signature ---------------------------------------------------
@@ -374,7 +374,7 @@ def test_huge_batch_is_refused_by_the_memory_check_before_allocating(amed_onnx, 
 
 
 def test_estimate_bytes_matches_a_hand_count():
-    cfg = SamplerConfig.create("amed", 5, "time_uniform", 0.002, 80.0, True)  # max_order 4
+    cfg = SamplerConfig.create("amed", 5, "time_uniform", (0.002, 80.0), True)  # max_order 4
     spec = GraphSpec(
         "amed",
         "fp16",
@@ -402,7 +402,7 @@ def test_estimate_bytes_matches_a_hand_count():
         1,
         2,
         4,
-        sampler=SamplerConfig.create("ipndm", 5, "polynomial", 0.002, 80.0, False, max_order=2),
+        sampler=SamplerConfig.create("ipndm", 5, "polynomial", (0.002, 80.0), False, max_order=2),
     )
     assert estimate_bytes(order2, 3) == image * 4 * 2 + 3 * 4 * 2 + (2 + 4) * image * 4
 

@@ -15,7 +15,7 @@ from amed_deploy.checkpoint.format import Checkpoint, save_checkpoint
 from amed_deploy.config import SamplerConfig
 from amed_deploy.errors import AmedError
 from amed_deploy.manifest import manifest_path_for, read_manifest
-from amed_deploy.metadata import GraphSpec
+from amed_deploy.metadata import FORMAT_VERSION, GraphSpec
 from amed_deploy.predictor import AMEDPredictor, PredictorConfig
 from amed_deploy.predictor_file import PredictorBundle, save_predictor
 from amed_deploy.records import check_stamp, stamp
@@ -72,7 +72,7 @@ def test_every_format_writes_the_one_spelling(tmp_path):
     ckpt = Checkpoint("EDMPrecond", {}, {"w": torch.zeros(2)}, {})
     save_checkpoint(ckpt, tmp_path / "edm.pt")
     save_checkpoint(ckpt, tmp_path / "edm.safetensors")
-    sampler = SamplerConfig.create("amed", 5, "time_uniform", 0.002, 80.0, True)
+    sampler = SamplerConfig.create("amed", 5, "time_uniform", (0.002, 80.0), True)
     save_predictor(tmp_path / "p.pt", PredictorBundle(AMEDPredictor(PredictorConfig()), sampler, "t", "ab" * 32))
     from safetensors import safe_open
 
@@ -93,10 +93,12 @@ def test_every_format_writes_the_one_spelling(tmp_path):
 
 
 def test_graph_records_in_the_older_spelling_still_load():
-    d = make_spec().to_dict()
-    assert GraphSpec.from_dict(_respell(d)) == GraphSpec.from_dict(d)
-    with pytest.raises(AmedError, match="amed-deploy metadata is format version 2"):
-        GraphSpec.from_dict({**_respell(d), "schema_version": 2})
+    d = make_spec().to_dict()  # the older spelling was written by version 1, which had no sigma_range
+    v1 = {**{k: v for k, v in d.items() if k != "sigma_range"}, "format_version": 1}
+    assert GraphSpec.from_dict(_respell(v1)) == GraphSpec.from_dict(d)
+    newer = FORMAT_VERSION + 1
+    with pytest.raises(AmedError, match=f"amed-deploy metadata is format version {newer}"):
+        GraphSpec.from_dict({**_respell(d), "schema_version": newer})
 
 
 def test_engine_manifests_in_the_older_spelling_still_load(tmp_path):

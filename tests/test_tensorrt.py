@@ -27,7 +27,7 @@ NO_TRT = "TensorRT is not installed (pip install 'amed-deploy[tensorrt]'); these
 
 
 def make_spec(precision: str, batch: tuple[int, int, int] = (1, 2, 4)) -> GraphSpec:
-    cfg = SamplerConfig.create("amed", 5, "time_uniform", 0.002, 80.0, True)
+    cfg = SamplerConfig.create("amed", 5, "time_uniform", (0.002, 80.0), True)
     return GraphSpec("amed", precision, (3, 8, 8), 0, *batch, sampler=cfg, afs_rca=(0.5, 1.0, 0.1))
 
 

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from ..amed_network import graph_spec
-from ..config import SamplerConfig, sigma_range
+from ..config import DEFAULT_SCHEDULE, SamplerConfig, sigma_range
 from ..devices import resolve_device
 from ..errors import AmedError, first_line
 from ..graph import DENOISED, LABELS, SIGMA, SIGMA_NEXT, A, C, R, X
@@ -140,7 +140,6 @@ class Sampler:
             schedule=schedule,
             afs=afs,
         )
-        schedule, afs = schedule or "polynomial", bool(afs)
         if backend is ONNX:
             from .onnx_executor import OnnxExecutor
 
@@ -153,7 +152,8 @@ class Sampler:
             executor = TRTExecutor.open(path, batch, dev)
         else:
             executor = _open_checkpoint(
-                path, predictor, 1 if batch is None else batch, dev, precision or "fp32", solver, nfe, schedule, afs,
+                path, predictor, 1 if batch is None else batch, dev, precision or "fp32", solver, nfe,
+                schedule or DEFAULT_SCHEDULE, bool(afs),
                 ignore_checkpoint_mismatch, compile,
             )  # fmt: skip
         return cls(executor, resolve_sampler(executor.spec, solver, nfe, schedule, afs), cuda_graph=cuda_graph)
@@ -231,9 +231,10 @@ def capture_graph(fn: Callable[[], T], device: torch.device) -> tuple[torch.cuda
 
 
 def resolve_sampler(
-    spec: GraphSpec, solver: str | None, nfe: int | None, schedule: str = "polynomial", afs: bool = False
+    spec: GraphSpec, solver: str | None, nfe: int | None, schedule: str | None = None, afs: bool | None = None
 ) -> SamplerConfig:
-    """The graph's own configuration, or a training-free solver run on its denoiser output."""
+    """The graph's own configuration, or a training-free solver run on its denoiser output over the
+    graph's recorded sigma range (so every executor gets the same time points)."""
     own = spec.sampler
     if solver is None or (own is not None and canonical_solver(solver) == own.solver):
         if own is None:
@@ -243,11 +244,16 @@ def resolve_sampler(
                 f"this graph was exported for NFE {own.nfe} ({own.solver}), not NFE {nfe}: "
                 "distil and export a predictor for that NFE"
             )
+        for name, given, fixed in (("schedule", schedule, own.schedule), ("afs", afs, own.afs)):
+            if given is not None and given != fixed:
+                raise AmedError(
+                    f"this graph's {own.solver} sampler was exported with {name} {fixed}, not {given}: "
+                    "its predictor was distilled for those time points"
+                )
         return own
     if nfe is None:
         raise AmedError(f"--nfe is needed with --solver {solver}")
-    lo, hi = (own.sigma_min, own.sigma_max) if own is not None else (0.002, 80.0)
-    cfg = SamplerConfig.create(solver, nfe, schedule, lo, hi, afs)
+    cfg = SamplerConfig.create(solver, nfe, schedule or DEFAULT_SCHEDULE, spec.sigma_range, bool(afs))
     if cfg.solver_config.uses_predictor:
         raise AmedError(
             f"solver {cfg.solver} needs a predictor distilled for it; this graph has "
@@ -264,8 +270,7 @@ def _open_checkpoint(path, predictor, batch, dev, precision, solver, nfe, schedu
     loaded = load_model(path, predictor, allow_mismatch=mismatch)
     own = loaded.bundle.sampler if loaded.bundle else None
     if own is None and solver is not None and nfe is not None:
-        lo, hi = sigma_range(loaded.network.net)
-        own = SamplerConfig.create(solver, nfe, schedule, lo, hi, afs)
+        own = SamplerConfig.create(solver, nfe, schedule, sigma_range(loaded.network.net), afs)
     spec = graph_spec(loaded.network, own, precision, batch, checkpoint_sha256=loaded.checkpoint_sha256)
     return TorchExecutor.open(loaded.network, batch, dev, spec=spec, compile=compile)
 
