@@ -42,7 +42,7 @@ def test_amed5_is_close_to_the_accurate_solution():
     net = loaded.network.net
     heun, _ = reference_sample(loaded.network, baseline_sampler(net, "heun", 34), seed=123, batch=10, classes=classes)
     cfg = loaded.bundle.sampler
-    dpm2_cfg = type(cfg).create("dpm2", 5, cfg.schedule, cfg.sigma_min, cfg.sigma_max, True)
+    dpm2_cfg = type(cfg).create("dpm2", 5, cfg.schedule, (cfg.sigma_min, cfg.sigma_max), True)
     dpm2, _ = reference_sample(loaded.network, dpm2_cfg, seed=123, batch=10, classes=classes)
     rmse = lambda a, b: (a - b).square().mean().sqrt().item()  # noqa: E731
     assert rmse(amed, heun) < 0.8 * rmse(dpm2, heun), (rmse(amed, heun), rmse(dpm2, heun))
