@@ -10,3 +10,12 @@ def first_line(e: BaseException, limit: int | None = None) -> str:
     text = str(e).strip()
     line = text.splitlines()[0] if text else type(e).__name__
     return line if limit is None else line[:limit]
+
+
+def short_repr(value: object) -> str:
+    """A short repr for messages (a hostile file may put a huge value in a field)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int over Python's 4300-digit str limit
+        return "a very large integer"
+    return text if len(text) <= 40 else text[:37] + "..."

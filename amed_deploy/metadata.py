@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .config import EDM_SIGMA_RANGE, MAX_SIGMA, SamplerConfig
-from .errors import AmedError
+from .errors import AmedError, short_repr
 from .records import check_stamp, stamp
 
 METADATA_KEY = "amed_deploy"
@@ -45,7 +45,7 @@ def strict_int(value: object, name: str, lo: int, hi: int) -> int:
         return int(value)
     if isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi:
         return value
-    raise FieldError(f"{name} must be an integer in {lo}..{hi}, got {_show(value)}")
+    raise FieldError(f"{name} must be an integer in {lo}..{hi}, got {short_repr(value)}")
 
 
 def strict_float(value: object, name: str, lo: float = -math.inf, hi: float = math.inf) -> float:
@@ -58,21 +58,21 @@ def strict_float(value: object, name: str, lo: float = -math.inf, hi: float = ma
         if math.isfinite(v) and lo <= v <= hi:
             return v
     bounds = "" if (lo, hi) == (-math.inf, math.inf) else f" in [{lo:g}, {hi:g}]"
-    raise FieldError(f"{name} must be a finite number{bounds}, got {_show(value)}")
+    raise FieldError(f"{name} must be a finite number{bounds}, got {short_repr(value)}")
 
 
 def strict_str(value: object, name: str) -> str:
     """A string, not something str() would turn into one."""
     if isinstance(value, str):
         return value
-    raise FieldError(f"{name} must be a string, got {_show(value)}")
+    raise FieldError(f"{name} must be a string, got {short_repr(value)}")
 
 
 def strict_bool(value: object, name: str) -> bool:
     """true or false, not 'false' (which bool() makes True) or 0/1."""
     if isinstance(value, bool):
         return value
-    raise FieldError(f"{name} must be true or false, got {_show(value)}")
+    raise FieldError(f"{name} must be true or false, got {short_repr(value)}")
 
 
 def strict_list(value: object, name: str, length: int | None = None) -> list:
@@ -80,7 +80,7 @@ def strict_list(value: object, name: str, length: int | None = None) -> list:
     if isinstance(value, (list, tuple)) and (length is None or len(value) == length):
         return list(value)
     what = "a list" if length is None else f"a list of {length}"
-    raise FieldError(f"{name} must be {what}, got {_show(value)}")
+    raise FieldError(f"{name} must be {what}, got {short_repr(value)}")
 
 
 def check_nesting(value: object, what: str, limit: int = MAX_NESTING) -> None:
@@ -104,15 +104,6 @@ def loads_json(text: str | bytes, what: str) -> object:
         raise AmedError(f"{what} is nested too deeply") from None
     except ValueError as e:  # JSONDecodeError, and ints over Python's 4300-digit limit
         raise AmedError(f"{what} is not valid JSON: {e}") from None
-
-
-def _show(value: object) -> str:
-    """A short repr for messages (a field may hold a huge list or string)."""
-    try:
-        text = repr(value)
-    except ValueError:  # an int over Python's 4300-digit str limit
-        return "a very large integer"
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 @dataclass(frozen=True)
@@ -246,7 +237,7 @@ def _object(value: object, name: str) -> dict:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise FieldError(f"{name} must be a JSON object, got {_show(value)}")
+        raise FieldError(f"{name} must be a JSON object, got {short_repr(value)}")
     return dict(value)
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from . import __version__
-from .errors import AmedError
+from .errors import AmedError, short_repr
 
 __all__ = ["TAG", "VERSION", "check_stamp", "stamp"]
 
@@ -40,23 +40,14 @@ def check_stamp(record: Mapping[str, object], tag: str, current: int, what: str,
     tag_key, version_key = (TAG, VERSION) if TAG in record else (_OLD_TAG, _OLD_VERSION)
     found = record.get(tag_key)
     if found != tag:
-        got = f"format tag {_show(found)}" if tag_key in record else "no format tag"
+        got = f"format tag {short_repr(found)}" if tag_key in record else "no format tag"
         raise AmedError(f"{what} is not {kind}: {got}, expected {tag!r}")
     version = record.get(version_key)
     if type(version) is not int or version < 1:  # not True, not 1.0
-        raise AmedError(f"{what} has a bad {version_key} {_show(version)} (expected an integer 1..{current})")
+        raise AmedError(f"{what} has a bad {version_key} {short_repr(version)} (expected an integer 1..{current})")
     if version > current:
         raise AmedError(
             f"{what} is format version {version}, from a newer amed-deploy; this one ({__version__}) reads up to "
             f"{current}: upgrade amed-deploy, or re-create the file with this version"
         )
     return version
-
-
-def _show(value: object) -> str:
-    """A short repr for messages (a hostile file may put a huge value there)."""
-    try:
-        text = repr(value)
-    except ValueError:  # an int over Python's 4300-digit str limit
-        return "a very large integer"
-    return text if len(text) <= 40 else text[:37] + "..."
