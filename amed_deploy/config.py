@@ -7,6 +7,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from .errors import AmedError
+from .fields import FieldError, strict_bool, strict_float, strict_int, strict_list, strict_str
 from .solvers import SolverConfig, make_schedule, nfe_for, points_for_nfe
 
 MAX_NFE = 1000  # far beyond few-step sampling; a typo such as --nfe 1000000 would otherwise run for hours
@@ -65,9 +66,6 @@ class SamplerConfig:
     @classmethod
     def from_dict(cls, d: object) -> SamplerConfig:
         """Rebuild and check consistency (NFE vs N vs solver), so a tampered record is refused."""
-        # metadata imports this module, so its readers are imported here, at call time
-        from .metadata import FieldError, strict_bool, strict_float, strict_int, strict_list, strict_str
-
         prefix = "sampler configuration is incomplete or malformed"
         if not isinstance(d, dict):
             raise AmedError(f"{prefix}: not a JSON object")

@@ -18,17 +18,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .errors import AmedError
+from .fields import FieldError, check_nesting, strict_bool, strict_int, strict_list, strict_str
 from .files import atomic_write_bytes, file_sha256
-from .metadata import (
-    MAX_BATCH,
-    FieldError,
-    GraphSpec,
-    check_nesting,
-    strict_bool,
-    strict_int,
-    strict_list,
-    strict_str,
-)
+from .metadata import MAX_BATCH, GraphSpec
 from .records import check_stamp, stamp
 
 FORMAT = "amed-deploy/trt-manifest"
