@@ -4,14 +4,15 @@ predictor files, ONNX metadata and engine manifests alike, so any one of them is
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 from .errors import AmedError
 from .fields import FieldError, strict_bool, strict_float, strict_int, strict_list, strict_str
-from .solvers import SolverConfig, make_schedule, nfe_for, points_for_nfe
+from .solvers import SolverConfig, find_solver, make_schedule, nfe_for, points_for_nfe
+from .solvers.registry import MAX_ORDER, OPTION_NAMES, RENAMED_FORMULAS
 
 MAX_NFE = 1000  # far beyond few-step sampling; a typo such as --nfe 1000000 would otherwise run for hours
-MAX_ORDER = 4  # multistep solvers' highest order
 MAX_SIGMA = 1e5  # EDM samples from sigma 80
 TIME_TOLERANCE = 1e-6  # relative slack of t_steps[0] over sigma_max (rounding in the schedule)
 DEFAULT_SCHEDULE = "polynomial"  # a training-free solver's time points unless told otherwise (EDM's)
@@ -30,8 +31,12 @@ class SamplerConfig:
     sigma_max: float
     afs: bool
     rho: float | None = None
-    max_order: int = 4
     t_steps: tuple[float, ...] = field(default=())
+    # the solver's options (SolverConfig), its reference's defaults filled in; None where it takes none
+    max_order: int | None = None
+    predict_x0: bool | None = None
+    lower_order_final: bool | None = None
+    thresholding: bool | None = None
 
     @classmethod
     def create(
@@ -42,21 +47,29 @@ class SamplerConfig:
         sigmas: tuple[float, float],
         afs: bool,
         rho: float | None = None,
-        max_order: int = 4,
+        options: Mapping[str, object] | None = None,
     ) -> SamplerConfig:
         """The one way to make a sampler: N from the NFE budget (a clear error when the NFE is impossible)
-        and the time points over `sigmas` = (sigma_min, sigma_max), the network's `sigma_range`."""
+        and the time points over `sigmas` = (sigma_min, sigma_max), the network's `sigma_range`;
+        `options` are the solver's (SolverConfig's max_order, predict_x0, ...), resolved and recorded."""
         sigma_min, sigma_max = sigmas
         if nfe > MAX_NFE:
             raise AmedError(f"NFE {nfe} is above the maximum of {MAX_NFE} evaluations")
-        canonical = SolverConfig(solver, afs, max_order).name
-        n = points_for_nfe(canonical, nfe, afs)
+        solver_config = SolverConfig(solver, afs, **(options or {}))
+        n = points_for_nfe(solver_config.name, nfe, afs)
         steps = tuple(make_schedule(schedule, n, sigma_min, sigma_max, rho))
-        return cls(canonical, nfe, n, schedule, sigma_min, sigma_max, afs, rho, max_order, steps)
+        return cls(
+            solver_config.name, nfe, n, schedule, sigma_min, sigma_max, afs, rho, steps, **solver_config.options()
+        )
 
     @property
     def solver_config(self) -> SolverConfig:
-        return SolverConfig(self.solver, self.afs, self.max_order)
+        return SolverConfig(self.solver, self.afs, **self.solver_options)
+
+    @property
+    def solver_options(self) -> dict[str, object]:
+        """The options recorded for the solver (the ones it takes)."""
+        return {name: getattr(self, name) for name in OPTION_NAMES if getattr(self, name) is not None}
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -64,8 +77,12 @@ class SamplerConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: object) -> SamplerConfig:
-        """Rebuild and check consistency (NFE vs N vs solver), so a tampered record is refused."""
+    def from_dict(cls, d: object, renamed: bool = False) -> SamplerConfig:
+        """Rebuild and check consistency (NFE vs N vs solver), so a tampered record is refused.
+
+        `renamed`: the record predates RENAMED_FORMULAS, so its solver name means the formula that is
+        now called by the new name. Options the solver does not take are dropped (older records wrote
+        max_order for every solver)."""
         prefix = "sampler configuration is incomplete or malformed"
         if not isinstance(d, dict):
             raise AmedError(f"{prefix}: not a JSON object")
@@ -76,7 +93,15 @@ class SamplerConfig:
             schedule = strict_str(d["schedule"], "schedule")
             afs = strict_bool(d["afs"], "afs")
             rho = None if d.get("rho") is None else strict_float(d["rho"], "rho")
-            max_order = strict_int(d.get("max_order", MAX_ORDER), "max_order", 1, MAX_ORDER)
+            if renamed:
+                solver = RENAMED_FORMULAS.get(solver, solver)
+            taken = getattr(find_solver(solver), "options", {})
+            options: dict[str, object] = {}
+            if d.get("max_order") is not None and "max_order" in taken:
+                options["max_order"] = strict_int(d["max_order"], "max_order", 1, MAX_ORDER)
+            for name in OPTION_NAMES[1:]:
+                if d.get(name) is not None and name in taken:
+                    options[name] = strict_bool(d[name], name)
             raw = (d["sigma_min"], d["sigma_max"], strict_list(d["t_steps"], "t_steps"))
         except FieldError as e:
             raise AmedError(f"{prefix}: {e}") from None
@@ -89,7 +114,8 @@ class SamplerConfig:
             t_steps = tuple(strict_float(t, "time point", 0.0, top) for t in raw[2])
         except FieldError as e:
             raise AmedError(f"inconsistent sampler configuration: {e}") from None
-        cfg = cls(solver, nfe, num_points, schedule, sigma_min, sigma_max, afs, rho, max_order, t_steps)
+        solver_options = SolverConfig(solver, afs, **options).options()  # unknown solver: a clear error
+        cfg = cls(solver, nfe, num_points, schedule, sigma_min, sigma_max, afs, rho, t_steps, **solver_options)
         if not 0 < cfg.sigma_min < cfg.sigma_max:
             raise AmedError(
                 f"inconsistent sampler configuration: need 0 < sigma_min < sigma_max, "

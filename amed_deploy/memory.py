@@ -21,7 +21,7 @@ def buffer_bytes(spec: GraphSpec, batch: int) -> int:
     """The executor's I/O buffers plus the sampler loop's own state (noise, x, slope/history tensors)."""
     ins, outs = io_shapes(spec, batch)
     total = sum(math.prod(shape) * io_dtype(spec, name).itemsize for name, shape in [*ins.items(), *outs.items()])
-    history = NO_SAMPLER_HISTORY if spec.sampler is None else spec.sampler.max_order + 2
+    history = NO_SAMPLER_HISTORY if spec.sampler is None else (spec.sampler.max_order or 1) + 2
     image = math.prod(ins[X])
     return total + (2 + history) * image * torch.float32.itemsize  # 2: the noise buffer and x
 

@@ -36,7 +36,7 @@ def edm_reference_sampler(net: torch.nn.Module, num_points: int = 18) -> Sampler
     lo, hi = sigma_range(net)
     steps = (*make_schedule("polynomial", num_points, lo, hi), 0.0)
     nfe = nfe_for("heun", len(steps), ends_at_zero=True)
-    return SamplerConfig("heun", nfe, len(steps), "polynomial", lo, hi, False, 7.0, 4, steps)
+    return SamplerConfig("heun", nfe, len(steps), "polynomial", lo, hi, False, 7.0, steps)
 
 
 def baseline_afs(solver: str, nfe: int) -> bool:

@@ -82,26 +82,77 @@ def uneven_adams_bashforth(
 
 
 def dpmpp_update(
-    x: Tensor, t: float, t_next: float, denoised: Tensor, history: Sequence[tuple[float, Tensor]], order: int
+    x: Tensor,
+    t: float | Tensor,
+    t_next: float | Tensor,
+    m0: Tensor,
+    history: Sequence[tuple[float | Tensor, Tensor]],
+    order: int,
+    *,
+    predict_x0: bool = True,
+    scale: float | Tensor = 1.0,
+    third_weight: float = 1.0,
 ) -> Tensor:
-    """DPM-Solver++ multistep update (data prediction, lambda = -log t), orders 1..3.
+    """The multistep DPM-Solver++ update from t to t_next (lambda = -log t), orders 1..3, as diff-sampler's
+    `dpm_pp_sampler` and k-diffusion's `sample_dpmpp_2m` compute it.
 
-    Order 2 is the published 2M form. In order 3 the second-difference term carries the weight that
-    makes one step exact when D is quadratic in lambda (tested against the closed-form integral);
-    some public implementations use half of it, which costs an order."""
-    h = math.log(t / t_next)
-    phi1 = math.expm1(-h)
-    out = (t_next / t) * x - phi1 * denoised
-    if order == 1:
-        return out
-    t_p, d_p = history[-1]
-    r0 = math.log(t_p / t) / h
-    d1_0 = (denoised - d_p) / r0
-    if order == 2:
-        return out - 0.5 * phi1 * d1_0
-    t_pp, d_pp = history[-2]
-    r1 = math.log(t_pp / t_p) / h
-    d1_1 = (d_p - d_pp) / r1
-    d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
-    d2 = (d1_0 - d1_1) / (r0 + r1)
-    return out + (phi1 / h + 1) * d1 - 2 * ((phi1 + h) / h**2 - 0.5) * d2
+    m0 is the model output at t (D, possibly thresholded, for data prediction; the slope d = eps for
+    noise prediction), `history` the earlier (time, output) pairs, newest last; `scale` (the
+    AMED-Plugin's c) multiplies the whole phi-term. `third_weight` 2 (`dpmpp3m_exact`) doubles the
+    order-3 second-difference term, which makes one step exact when the output is quadratic in lambda;
+    the published weight is 1. A step to t_next = 0 is order 1, taken as its limit (x = scale * D)."""
+    if isinstance(t_next, (int, float)) and t_next == 0:
+        if order != 1:
+            raise ValueError("a step to t = 0 has order 1")
+        return scale * m0 if predict_x0 else x - scale * t * m0
+    h = _log(t / t_next)
+    if predict_x0:
+        phi1 = _expm1(-h)
+        phi2 = phi1 / h + 1
+        out, sign = (t_next / t) * x, -1.0
+    else:
+        phi1 = _expm1(h)
+        phi2 = phi1 / h - 1
+        out, sign = x, -t_next  # noise prediction: x_t = x - t (phi_1 m0 + ...)
+    term = phi1 * m0
+    if order >= 2:
+        t_p, m_p = history[-1]
+        r0 = _log(t_p / t) / h
+        d1_0 = (m0 - m_p) / r0
+        if order == 2:
+            term = term + 0.5 * phi1 * d1_0
+        else:
+            t_pp, m_pp = history[-2]
+            r1 = _log(t_pp / t_p) / h
+            d1_1 = (m_p - m_pp) / r1
+            d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
+            d2 = (d1_0 - d1_1) / (r0 + r1)
+            phi3 = phi2 / h - 0.5
+            second = phi2 * d1 if not predict_x0 else -phi2 * d1
+            term = term + second + third_weight * phi3 * d2
+    return out + sign * scale * term
+
+
+def dynamic_threshold(denoised: Tensor, quantile: float = 0.995, max_value: float = 1.0) -> Tensor:
+    """diff-sampler's (and DPM-Solver's) dynamic thresholding of D: per sample, s = max(the `quantile`
+    of |D| over the sample's elements, max_value); D <- clamp(D, -s, s) / s.
+
+    The quantile is torch.quantile's linear interpolation, computed from a sort at fixed positions, so
+    it needs no host synchronisation (a CUDA graph can record it)."""
+    flat = denoised.abs().reshape(denoised.shape[0], -1)
+    n = flat.shape[1]
+    pos = quantile * (n - 1)
+    lo = int(math.floor(pos))
+    hi = min(lo + 1, n - 1)
+    ordered = flat.sort(dim=1).values
+    q = ordered[:, lo] + (pos - lo) * (ordered[:, hi] - ordered[:, lo])
+    s = q.clamp(min=max_value).reshape(-1, *[1] * (denoised.dim() - 1))
+    return torch.maximum(torch.minimum(denoised, s), -s) / s
+
+
+def _log(v: float | Tensor) -> float | Tensor:
+    return torch.log(v) if isinstance(v, Tensor) else math.log(v)
+
+
+def _expm1(v: float | Tensor) -> float | Tensor:
+    return torch.expm1(v) if isinstance(v, Tensor) else math.expm1(v)

@@ -1,17 +1,19 @@
-"""Every solver the package knows, one entry each; NFE accounting, name lookup, the CLI's choices and the
-evaluation tables all derive from these entries. Adding a solver is one step function in `steps.py`
-and one entry here.
+"""Every solver the package knows, one entry each; NFE accounting, name lookup, options, the CLI's
+choices and the evaluation tables all derive from these entries. Adding a solver is one step function
+in `steps.py` and one entry here.
 
-AMED students put one learned intermediate evaluation inside each interval: "amed" is the AMED-Solver
-(a DPM-Solver-2 whose intermediate time, direction scale c and time scale a are predicted),
-"amed_euler"/"amed_ipndm" are the AMED-Plugin on those solvers, and the plugin on DPM-Solver-2 is the
-AMED-Solver itself (alias "amed_dpm2").
+A solver named after a published one computes what its `reference` computes, with that reference's
+option names and defaults. The project's own variants have names of their own (`dpmpp3m_exact`,
+`amed_ipndm_uneven`) and say what differs. AMED students put one learned intermediate evaluation inside
+each interval: "amed" is the AMED-Solver (a DPM-Solver-2 whose intermediate time, direction scale c and
+time scale a are predicted), the "amed_<base>" solvers are the AMED-Plugin on those base solvers; the
+plugin on DPM-Solver-2 ("amed_dpm2") weights its two slopes and equals the AMED-Solver only at r = 1/2.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from ..errors import AmedError
@@ -30,8 +32,26 @@ class Solver:
     uses_predictor: bool = False  # an AMED student: needs a distilled g_phi
     multistep: bool = False  # carries history in SolverState from one interval to the next
     aliases: tuple[str, ...] = ()
-    evals_saved_at_zero: int = 0  # evaluations a final interval ending at t = 0 skips
+    options: Mapping[str, object] = field(default_factory=dict)  # the options it takes, reference defaults
     step: StepFunction
+
+    @property
+    def evals_saved_at_zero(self) -> int:
+        """Evaluations a final interval ending at t = 0 skips: every solver takes a one-evaluation step there."""
+        return self.evals_per_interval - 1
+
+
+OPTION_NAMES = ("max_order", "predict_x0", "lower_order_final", "thresholding")
+MAX_ORDER = 4  # the highest multistep order any solver has (HISTORY in steps.py keeps order - 1 outputs)
+
+
+def _multistep_order(order: int) -> Mapping[str, object]:
+    return MappingProxyType({"max_order": order})
+
+
+def _dpmpp_options(order: int) -> Mapping[str, object]:
+    """diff-sampler's `dpm_pp_sampler` defaults; thresholding None means: on with data prediction."""
+    return MappingProxyType({"max_order": order, "predict_x0": True, "lower_order_final": True, "thresholding": None})
 
 
 def _table(*solvers: Solver) -> Mapping[str, Solver]:
@@ -44,6 +64,9 @@ def _table(*solvers: Solver) -> Mapping[str, Solver]:
             seen.add(key)
     return MappingProxyType({solver.name: solver for solver in solvers})
 
+
+DIFF_SOLVERS = "diff-sampler diff-solvers-main/solvers.py"
+AMED_SOLVERS = "diff-sampler amed-solver-main/solvers_amed.py"
 
 SOLVERS = _table(
     Solver(
@@ -59,7 +82,6 @@ SOLVERS = _table(
         display_name="EDM Heun",
         reference="edm generate.py edm_sampler (S_churn = 0)",
         evals_per_interval=2,
-        evals_saved_at_zero=1,
         step=steps.heun,
     ),
     Solver(
@@ -72,7 +94,7 @@ SOLVERS = _table(
     Solver(
         name="dpm2",
         display_name="DPM-Solver-2",
-        reference="diff-sampler diff-solvers-main/solvers.py dpm_2_sampler (r = 0.5)",
+        reference=f"{DIFF_SOLVERS} dpm_2_sampler (r = 0.5); to t = 0 as k-diffusion sample_dpm_2",
         evals_per_interval=2,
         aliases=("dpm-solver-2",),
         step=steps.dpm2,
@@ -80,58 +102,109 @@ SOLVERS = _table(
     Solver(
         name="ipndm",
         display_name="iPNDM",
-        reference="diff-sampler diff-solvers-main/solvers.py ipndm_sampler",
+        reference=f"{DIFF_SOLVERS} ipndm_sampler",
         evals_per_interval=1,
         multistep=True,
+        options=_multistep_order(4),
         step=steps.ipndm,
+    ),
+    Solver(
+        name="lms",
+        display_name="LMS",
+        reference="k-diffusion sampling.py sample_lms (its order is max_order here)",
+        evals_per_interval=1,
+        multistep=True,
+        options=_multistep_order(4),
+        step=steps.lms,
     ),
     Solver(
         name="dpmpp2m",
         display_name="DPM-Solver++(2M)",
-        reference="dpm-solver dpm_solver_pytorch.py multistep_dpm_solver_second_update (lower_order_final)",
+        reference=f"{DIFF_SOLVERS} dpm_pp_sampler (max_order=2); k-diffusion sample_dpmpp_2m with "
+        "lower_order_final and thresholding off",
         evals_per_interval=1,
         multistep=True,
+        aliases=("dpm-solver++2m",),
+        options=_dpmpp_options(2),
         step=steps.dpmpp2m,
     ),
     Solver(
         name="dpmpp3m",
         display_name="DPM-Solver++(3M)",
-        reference=(
-            "dpm-solver dpm_solver_pytorch.py multistep_dpm_solver_third_update (lower_order_final), "
-            "second-difference weight doubled (docs/DESIGN.md)"
-        ),
+        reference=f"{DIFF_SOLVERS} dpm_pp_sampler (max_order=3)",
         evals_per_interval=1,
         multistep=True,
         aliases=("dpm-solver++3m",),
+        options=_dpmpp_options(3),
         step=steps.dpmpp3m,
+    ),
+    Solver(
+        name="dpmpp3m_exact",
+        display_name="DPM-Solver++(3M), exact quadratic weight",
+        reference=f"ours: {DIFF_SOLVERS} dpm_pp_sampler (max_order=3) with the second difference weighted 2 phi_3",
+        evals_per_interval=1,
+        multistep=True,
+        options=_dpmpp_options(3),
+        step=steps.dpmpp3m_exact,
     ),
     Solver(
         name="amed",
         display_name="AMED-Solver",
-        reference="diff-sampler amed-solver-main/solvers_amed.py amed_sampler",
+        reference=f"{AMED_SOLVERS} amed_sampler",
         evals_per_interval=2,
         uses_predictor=True,
-        aliases=("amed_dpm2",),
         step=steps.amed,
     ),
     Solver(
         name="amed_euler",
         display_name="AMED-Plugin (Euler)",
-        reference="diff-sampler amed-solver-main/solvers_amed.py euler_sampler",
+        reference=f"{AMED_SOLVERS} euler_sampler",
         evals_per_interval=2,
         uses_predictor=True,
         step=steps.amed_euler,
     ),
     Solver(
+        name="amed_dpm2",
+        display_name="AMED-Plugin (DPM-Solver-2)",
+        reference=f"{AMED_SOLVERS} dpm_2_sampler",
+        evals_per_interval=2,
+        uses_predictor=True,
+        step=steps.amed_dpm2,
+    ),
+    Solver(
         name="amed_ipndm",
         display_name="AMED-Plugin (iPNDM)",
-        reference="diff-sampler amed-solver-main/solvers_amed.py ipndm_sampler, weights of the uneven grid",
+        reference=f"{AMED_SOLVERS} ipndm_sampler",
         evals_per_interval=2,
         uses_predictor=True,
         multistep=True,
+        options=_multistep_order(4),
         step=steps.amed_ipndm,
     ),
+    Solver(
+        name="amed_ipndm_uneven",
+        display_name="AMED-Plugin (iPNDM), uneven-grid weights",
+        reference=f"ours: {AMED_SOLVERS} ipndm_sampler with the Adams-Bashforth weights of the actual grid",
+        evals_per_interval=2,
+        uses_predictor=True,
+        multistep=True,
+        options=_multistep_order(4),
+        step=steps.amed_ipndm_uneven,
+    ),
+    Solver(
+        name="amed_dpmpp",
+        display_name="AMED-Plugin (DPM-Solver++)",
+        reference=f"{AMED_SOLVERS} dpm_pp_sampler",
+        evals_per_interval=2,
+        uses_predictor=True,
+        multistep=True,
+        options=_dpmpp_options(3),
+        step=steps.amed_dpmpp,
+    ),
 )
+# Names whose formula changed: a record written before (predictor file format 1, graph format 2 and
+# older) meant the formula that now has its own name. (No record held a training-free solver.)
+RENAMED_FORMULAS = MappingProxyType({"amed_ipndm": "amed_ipndm_uneven"})
 _ALIASES = {alias: solver.name for solver in SOLVERS.values() for alias in solver.aliases}
 
 
@@ -172,7 +245,7 @@ def solver_names(*, uses_predictor: bool | None = None, aliases: bool = False) -
 def nfe_for(solver: str, num_points: int, afs: bool = False, ends_at_zero: bool = False) -> int:
     """Exact number of network evaluations for N = num_points time points.
 
-    AFS removes the first evaluation; Heun skips its correction on a final interval ending at t = 0."""
+    AFS removes the first evaluation; a final interval ending at t = 0 costs one evaluation."""
     spec = get_solver(solver)
     n = spec.evals_per_interval * (num_points - 1) - int(afs)
     if ends_at_zero:
@@ -200,17 +273,35 @@ def points_for_nfe(solver: str, nfe: int, afs: bool) -> int:
 
 @dataclass(frozen=True)
 class SolverConfig:
-    """Which solver, whether the first interval uses the analytical first step (AFS), and the
-    multistep order cap (iPNDM up to 4; DPM-Solver++ takes its order from the name)."""
+    """Which solver, whether the first interval uses the analytical first step (AFS), and the options of
+    its reference, named as there: `max_order` (multistep solvers), `predict_x0`, `lower_order_final`,
+    `thresholding` (DPM-Solver++ and its plugin). None means the reference's default; an option the
+    solver does not take is refused, so nothing given is silently ignored."""
 
     name: str
     afs: bool = False
-    max_order: int = 4
+    max_order: int | None = None
+    predict_x0: bool | None = None
+    lower_order_final: bool | None = None
+    thresholding: bool | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "name", canonical_solver(self.name))
-        if not 1 <= self.max_order <= 4:
-            raise AmedError(f"max_order must be 1..4, got {self.max_order}")
+        spec = get_solver(self.name)
+        object.__setattr__(self, "name", spec.name)
+        for option in OPTION_NAMES:
+            value = getattr(self, option)
+            if option not in spec.options:
+                if value is not None:
+                    takers = ", ".join(s.name for s in SOLVERS.values() if option in s.options)
+                    raise AmedError(f"{spec.name} takes no {option} option (it applies to {takers})")
+            elif value is None:
+                default = spec.options[option]
+                object.__setattr__(self, option, self.predict_x0 if default is None else default)
+        top = spec.options.get("max_order")
+        if top is not None and (type(self.max_order) is not int or not 1 <= self.max_order <= top):
+            raise AmedError(f"{spec.name}'s max_order must be an integer 1..{top}, got {self.max_order!r}")
+        if self.thresholding and not self.predict_x0:
+            raise AmedError(f"{spec.name}: thresholding applies to data prediction (predict_x0), not noise prediction")
 
     @property
     def spec(self) -> Solver:
@@ -219,3 +310,7 @@ class SolverConfig:
     @property
     def uses_predictor(self) -> bool:
         return self.spec.uses_predictor
+
+    def options(self) -> dict[str, object]:
+        """The options this solver takes, with their values (the reference's defaults filled in)."""
+        return {option: getattr(self, option) for option in OPTION_NAMES if option in self.spec.options}

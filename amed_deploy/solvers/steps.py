@@ -17,22 +17,30 @@ import torch
 from torch import Tensor
 
 from ..errors import AmedError
-from .formulas import adams_bashforth, afs_slope, dpmpp_update, geometric_time, slope, uneven_adams_bashforth
+from .formulas import (
+    adams_bashforth,
+    afs_slope,
+    dpmpp_update,
+    dynamic_threshold,
+    geometric_time,
+    slope,
+    uneven_adams_bashforth,
+)
 from .model import Evaluation, Model
 
 if TYPE_CHECKING:
     from .registry import SolverConfig
 
-HISTORY = 3  # multistep solvers keep this many past slopes or denoised outputs (order 4 needs 3)
+HISTORY = 3  # multistep solvers keep this many past slopes or model outputs (order 4 needs 3)
 
 
 @dataclass
 class SolverState:
     """What multistep solvers carry between intervals, and the evaluation count."""
 
-    slopes: list[Tensor] = field(default_factory=list)  # iPNDM and its plugin: newest last
+    slopes: list[Tensor] = field(default_factory=list)  # iPNDM, LMS and the iPNDM plugins: newest last
     slope_times: list[float | Tensor] = field(default_factory=list)  # where each slope was taken
-    denoised: list[tuple[float, Tensor]] = field(default_factory=list)  # DPM-Solver++: (t, D)
+    outputs: list[tuple[float | Tensor, Tensor]] = field(default_factory=list)  # DPM-Solver++: (t, D or d)
     nfe: int = 0
 
     def push_slope(self, d: Tensor, t: float | Tensor) -> None:
@@ -40,16 +48,20 @@ class SolverState:
         _push(self.slopes, d)
         _push(self.slope_times, t)
 
-    def push_denoised(self, t: float, denoised: Tensor) -> None:
-        """Remember D(x, t); copied, because executors reuse their output buffers."""
-        _push(self.denoised, (t, denoised.clone()))
+    def push_output(self, t: float | Tensor, output: Tensor) -> None:
+        """Remember DPM-Solver++'s model output at t; copied, because executors reuse their output buffers."""
+        _push(self.outputs, (t, output.clone()))
 
     def detach_history(self) -> None:
         """Turn the history into plain data: distillation trains one interval at a time, so no gradient
         may flow back into an earlier interval's step through a stored slope or time."""
         self.slopes = [s.detach() for s in self.slopes]
-        self.slope_times = [v.detach() if isinstance(v, Tensor) else v for v in self.slope_times]
-        self.denoised = [(t, v.detach()) for t, v in self.denoised]
+        self.slope_times = [_detached(v) for v in self.slope_times]
+        self.outputs = [(_detached(t), v.detach()) for t, v in self.outputs]
+
+
+def _detached(v: float | Tensor) -> float | Tensor:
+    return v.detach() if isinstance(v, Tensor) else v
 
 
 def _push(history: list, item: object) -> None:
@@ -85,11 +97,20 @@ class Interval:
     def h(self) -> float:
         return self.t_next - self.t
 
+    def denoise_at(self, x: Tensor, sigma: float | Tensor) -> Tensor:
+        """D(x, sigma) from one more network call (valid until the next call: executors reuse buffers)."""
+        return _call(self.model, self.state, x, sigma, self.t_next).denoised
+
     def slope_at(self, x: Tensor, s: float | Tensor, sigma: float | Tensor | None = None) -> Tensor:
         """The slope at (x, s) from one more network call. The network is fed `sigma` (default s; the
         AMED time scale a moves it), the slope is still divided by s."""
-        ev = _call(self.model, self.state, x, s if sigma is None else sigma, self.t_next)
-        return slope(x, ev.denoised, s)
+        return slope(x, self.denoise_at(x, s if sigma is None else sigma), s)
+
+    @property
+    def to_zero(self) -> bool:
+        """This interval ends at t = 0 (k-diffusion's grids do): every solver then takes its one-evaluation
+        step there, since an intermediate time or a log-time step would be 0 or infinite."""
+        return self.t_next == 0
 
     def predictor(self) -> tuple[Tensor, Tensor | float, Tensor | float]:
         """The AMED predictor's (r, c, a) for this interval; c and a default to 1."""
@@ -153,80 +174,198 @@ def sample(
 
 
 def euler(iv: Interval) -> Tensor:
-    """x_{n+1} = x_n + h d_n (DDIM in EDM form)."""
+    """k-diffusion `sample_euler`: x_{n+1} = x_n + h d_n (DDIM in EDM form)."""
     return iv.x + iv.h * iv.d
 
 
 def heun(iv: Interval) -> Tensor:
-    """Euler, then the trapezoidal correction; an interval ending at t = 0 keeps the Euler step."""
+    """EDM `edm_sampler` (S_churn = 0): Euler, then the trapezoidal correction; an interval ending at
+    t = 0 keeps the Euler step."""
     x_next = iv.x + iv.h * iv.d
-    if iv.t_next == 0:
+    if iv.to_zero:
         return x_next
     d_next = iv.slope_at(x_next, iv.t_next)
     return iv.x + iv.h * (0.5 * iv.d + 0.5 * d_next)
 
 
 def midpoint(iv: Interval) -> Tensor:
-    """The slope at the arithmetic midpoint drives the interval."""
+    """EDM `ablation_sampler` (solver='heun', alpha = 0.5): the slope at the arithmetic midpoint drives
+    the interval; its last step, to t = 0, is Euler."""
+    if iv.to_zero:
+        return euler(iv)
     return _intermediate(iv, 0.5 * (iv.t + iv.t_next), a=1.0, c=1.0, restart=False)
 
 
 def dpm2(iv: Interval) -> Tensor:
-    """DPM-Solver-2: the slope at the geometric midpoint drives the interval."""
+    """diff-sampler `dpm_2_sampler` (r = 1/2): the slope at the geometric midpoint drives the interval;
+    a step to t = 0 is Euler, as k-diffusion's `sample_dpm_2`."""
+    if iv.to_zero:
+        return euler(iv)
     return _intermediate(iv, geometric_time(iv.t, iv.t_next, 0.5), a=1.0, c=1.0, restart=False)
 
 
 def ipndm(iv: Interval) -> Tensor:
-    """Adams-Bashforth with equal-step coefficients over the stored slopes."""
+    """diff-sampler `ipndm_sampler`: Adams-Bashforth with equal-step coefficients over the stored slopes."""
     x_next = iv.x + iv.h * adams_bashforth(iv.d, iv.state.slopes, iv.config.max_order)
     iv.state.push_slope(iv.d, iv.t)
     return x_next
 
 
+def lms(iv: Interval) -> Tensor:
+    """k-diffusion `sample_lms`: linear multistep whose coefficients integrate the Lagrange polynomial
+    through the stored slopes over the actual sigma grid (order = max_order, 4 by default)."""
+    x_next = iv.x + iv.h * _uneven_ab(iv, iv.d, iv.t, iv.h)
+    iv.state.push_slope(iv.d, iv.t)
+    return x_next
+
+
 def dpmpp2m(iv: Interval) -> Tensor:
-    return _dpmpp(iv, 2)
+    """diff-sampler `dpm_pp_sampler` with max_order = 2."""
+    return _dpmpp(iv, third_weight=1.0)
 
 
 def dpmpp3m(iv: Interval) -> Tensor:
-    return _dpmpp(iv, 3)
+    """diff-sampler `dpm_pp_sampler` with max_order = 3 (second difference weighted by phi_3)."""
+    return _dpmpp(iv, third_weight=1.0)
+
+
+def dpmpp3m_exact(iv: Interval) -> Tensor:
+    """DPM-Solver++(3M) with the second difference weighted by 2 phi_3: one step is then exact when the
+    model output is quadratic in lambda (the published weight costs that order)."""
+    return _dpmpp(iv, third_weight=2.0)
 
 
 def amed(iv: Interval) -> Tensor:
-    """AMED-Solver: DPM-Solver-2 whose intermediate time, direction scale c and time scale a are learned."""
+    """amed-solver `amed_sampler`: DPM-Solver-2 whose intermediate time, direction scale c and time
+    scale a are learned: x_{n+1} = x_n + c h d_s."""
+    if iv.to_zero:
+        return euler(iv)
     r, c, a = iv.predictor()
     return _intermediate(iv, geometric_time(iv.t, iv.t_next, r), a, c, restart=False)
 
 
 def amed_euler(iv: Interval) -> Tensor:
-    """AMED-Plugin on Euler: an Euler step to the learned time s, then one from s to t_{n+1}."""
+    """amed-solver `euler_sampler` (AMED-Plugin on Euler): an Euler step to the learned time s, then one
+    from s to t_{n+1} with the slope there, scaled by c."""
+    if iv.to_zero:
+        return euler(iv)
     r, c, a = iv.predictor()
     return _intermediate(iv, geometric_time(iv.t, iv.t_next, r), a, c, restart=True)
 
 
-def amed_ipndm(iv: Interval) -> Tensor:
-    """AMED-Plugin on iPNDM: iPNDM on the refined grid t_n -> s_n -> t_{n+1}, both slopes joining the
-    history. The sub-steps are very unequal, so the Adams-Bashforth weights are those of the actual grid."""
+def amed_dpm2(iv: Interval) -> Tensor:
+    """amed-solver `dpm_2_sampler` (AMED-Plugin on DPM-Solver-2):
+    x_{n+1} = x_n + c h [(1/(2r)) d_s + (1 - 1/(2r)) d_n], the AMED-Solver only at r = 1/2."""
+    if iv.to_zero:
+        return euler(iv)
     r, c, a = iv.predictor()
-    t, t_next, state, order = iv.t, iv.t_next, iv.state, iv.config.max_order
+    s = geometric_time(iv.t, iv.t_next, r)
+    w, scale = 0.5 / r, c * iv.h  # taken before the call reuses the predictor's buffers
+    x_s = iv.x + (s - iv.t) * iv.d
+    d_s = iv.slope_at(x_s, s, a * s)
+    return iv.x + scale * (w * d_s + (1 - w) * iv.d)
+
+
+def amed_ipndm(iv: Interval) -> Tensor:
+    """amed-solver `ipndm_sampler` (AMED-Plugin on iPNDM): iPNDM's equal-step Adams-Bashforth on the
+    refined grid t_n -> s_n -> t_{n+1}, both slopes joining the history, c scaling the second sub-step."""
+    if iv.to_zero:
+        return ipndm(iv)
+    r, c, a = iv.predictor()
+    state, order = iv.state, iv.config.max_order
+    s = geometric_time(iv.t, iv.t_next, r)
+    x_s = iv.x + (s - iv.t) * adams_bashforth(iv.d, state.slopes, order)
+    state.push_slope(iv.d, iv.t)
+    scale = c * (iv.t_next - s)  # taken before the call reuses buffers
+    d_s = iv.slope_at(x_s, s, a * s)
+    x_next = x_s + scale * adams_bashforth(d_s, state.slopes, order)
+    state.push_slope(d_s, s)
+    return x_next
+
+
+def amed_ipndm_uneven(iv: Interval) -> Tensor:
+    """The AMED-Plugin on iPNDM with the Adams-Bashforth weights of the actual, very uneven refined grid
+    (LMS's) instead of iPNDM's equal-step ones; identical to `amed_ipndm` on equal sub-steps."""
+    if iv.to_zero:
+        return lms(iv)
+    r, c, a = iv.predictor()
+    t, t_next, state = iv.t, iv.t_next, iv.state
     s = geometric_time(t, t_next, r)
-    x_s = iv.x + (s - t) * uneven_adams_bashforth(iv.d, t, s - t, state.slopes, state.slope_times, order)
+    x_s = iv.x + (s - t) * _uneven_ab(iv, iv.d, t, s - t)
     state.push_slope(iv.d, t)
     scale = c * (t_next - s)  # taken before the call reuses buffers
     d_s = iv.slope_at(x_s, s, a * s)
-    ab = uneven_adams_bashforth(d_s, s, t_next - s, state.slopes, state.slope_times, order)
+    x_next = x_s + scale * _uneven_ab(iv, d_s, s, t_next - s)
     state.push_slope(d_s, s)
-    return x_s + scale * ab
-
-
-def _dpmpp(iv: Interval, max_order: int) -> Tensor:
-    """DPM-Solver++ multistep; short schedules (< 10 intervals) lower the order on their last intervals."""
-    order = min(max_order, len(iv.state.denoised) + 1)
-    intervals = len(iv.t_steps) - 1
-    if intervals < 10:
-        order = min(order, intervals - iv.n)
-    x_next = dpmpp_update(iv.x, iv.t, iv.t_next, iv.denoised, iv.state.denoised, order)
-    iv.state.push_denoised(iv.t, iv.denoised)
     return x_next
+
+
+def amed_dpmpp(iv: Interval) -> Tensor:
+    """amed-solver `dpm_pp_sampler` (AMED-Plugin on DPM-Solver++): the multistep update on the combined
+    grid t_0, s_0, t_1, ..., its orders counted over the 2(N-1) sub-steps, c scaling the second one."""
+    config, state = iv.config, iv.state
+    m = _dpmpp_output(iv, iv.x, iv.denoised, iv.d)
+    if iv.to_zero:
+        x_next = _dpmpp_update(iv, iv.x, iv.t, 0.0, m, 1)
+        state.push_output(iv.t, m)
+        return x_next
+    r, c, a = iv.predictor()
+    s = geometric_time(iv.t, iv.t_next, r)
+    c = c.clone() if isinstance(c, Tensor) else c  # the call below reuses the predictor's buffers
+    sub_steps, k = 2 * (len(iv.t_steps) - 1), 2 * iv.n + 1
+    x_s = _dpmpp_update(iv, iv.x, iv.t, s, m, _dpmpp_order(config, k, sub_steps))
+    state.push_output(iv.t, m)
+    d_s = iv.denoise_at(x_s, a * s)
+    m_s = _dpmpp_output(iv, x_s, d_s, slope(x_s, d_s, s))
+    x_next = _dpmpp_update(iv, x_s, s, iv.t_next, m_s, _dpmpp_order(config, k + 1, sub_steps), scale=c)
+    state.push_output(s, m_s)
+    return x_next
+
+
+def _dpmpp(iv: Interval, third_weight: float) -> Tensor:
+    """One DPM-Solver++ multistep interval; the order ramps up and, with lower_order_final, down again."""
+    order = 1 if iv.to_zero else _dpmpp_order(iv.config, iv.n + 1, len(iv.t_steps) - 1)
+    m = _dpmpp_output(iv, iv.x, iv.denoised, iv.d)
+    x_next = _dpmpp_update(iv, iv.x, iv.t, iv.t_next, m, order, third_weight=third_weight)
+    iv.state.push_output(iv.t, m)
+    return x_next
+
+
+def _dpmpp_order(config: SolverConfig, k: int, steps: int) -> int:
+    """diff-sampler's order for (sub-)step k = 1..steps: k while k < max_order, then max_order; with
+    lower_order_final, never more than the steps left (steps + 1 - k)."""
+    top = config.max_order
+    if config.lower_order_final:
+        return k if k < top else min(top, steps + 1 - k)
+    return min(top, k)
+
+
+def _dpmpp_output(iv: Interval, x: Tensor, denoised: Tensor, d: Tensor) -> Tensor:
+    """What DPM-Solver++ remembers: D (thresholded when asked) for data prediction, else the slope."""
+    if not iv.config.predict_x0:
+        return d
+    return dynamic_threshold(denoised) if iv.config.thresholding else denoised
+
+
+def _dpmpp_update(
+    iv: Interval,
+    x: Tensor,
+    t: float | Tensor,
+    t_next: float | Tensor,
+    m: Tensor,
+    order: int,
+    *,
+    scale: float | Tensor = 1.0,
+    third_weight: float = 1.0,
+) -> Tensor:
+    return dpmpp_update(
+        x, t, t_next, m, iv.state.outputs, order,
+        predict_x0=iv.config.predict_x0, scale=scale, third_weight=third_weight,
+    )  # fmt: skip
+
+
+def _uneven_ab(iv: Interval, d: Tensor, t: float | Tensor, h: float | Tensor) -> Tensor:
+    return uneven_adams_bashforth(d, t, h, iv.state.slopes, iv.state.slope_times, iv.config.max_order)
 
 
 def _intermediate(iv: Interval, s: float | Tensor, a: float | Tensor, c: float | Tensor, restart: bool) -> Tensor:
