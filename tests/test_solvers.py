@@ -28,7 +28,32 @@ from amed_deploy.solvers.formulas import adams_bashforth, dpmpp_update, uneven_a
 from amed_deploy.solvers.reference import reference_solution
 
 SMIN, SMAX = 0.002, 80.0
-ALL = ["euler", "heun", "midpoint", "dpm2", "ipndm", "dpmpp2m", "dpmpp3m", "amed", "amed_euler", "amed_ipndm"]
+ALL = [
+    "euler",
+    "heun",
+    "midpoint",
+    "dpm2",
+    "ipndm",
+    "lms",
+    "dpmpp2m",
+    "dpmpp3m",
+    "dpmpp3m_exact",
+    "amed",
+    "amed_euler",
+    "amed_dpm2",
+    "amed_ipndm",
+    "amed_ipndm_uneven",
+    "amed_dpmpp",
+]
+PLUGINS = ["amed_euler", "amed_dpm2", "amed_ipndm", "amed_ipndm_uneven", "amed_dpmpp"]
+
+
+def ode_config(solver: str, **options) -> SolverConfig:
+    """The solver as an ODE integrator: DPM-Solver++'s thresholding (on by default, as in diff-sampler)
+    clamps D to the data range and so solves another problem than the closed form's."""
+    if "thresholding" in get_solver(solver).options and options.get("predict_x0", True):
+        options.setdefault("thresholding", False)
+    return SolverConfig(solver, **options)
 
 
 @pytest.fixture(scope="module")
@@ -62,14 +87,14 @@ def test_schedule_errors():
         make_schedule("polynomial", 1, SMIN, SMAX)
 
 
-def _error(model, x0, solver, n_points, schedule="polynomial", afs=False):
+def _error(model, x0, solver, n_points, schedule="polynomial", afs=False, **options):
     t = make_schedule(schedule, n_points, SMIN, SMAX)
-    x, _ = sample(model, x0, t, SolverConfig(solver, afs=afs))
+    x, _ = sample(model, x0, t, ode_config(solver, afs=afs, **options))
     return (x - model.exact(x0, SMAX, SMIN)).abs().max().item()
 
 
-def _order(model, x0, solver, schedule="polynomial", afs=False, points=(33, 65, 129)):
-    errs = [_error(model, x0, solver, n, schedule, afs) for n in points]
+def _order(model, x0, solver, schedule="polynomial", afs=False, points=(33, 65, 129), **options):
+    errs = [_error(model, x0, solver, n, schedule, afs, **options) for n in points]
     return math.log2(errs[-2] / errs[-1]), errs
 
 
@@ -83,8 +108,14 @@ def _order(model, x0, solver, schedule="polynomial", afs=False, points=(33, 65, 
         ("amed", 1.9, 2.3),  # r = 1/2 (DPM-Solver-2)
         ("amed_euler", 0.9, 1.1),
         ("ipndm", 1.9, 2.5),  # ramp-up from order 1 bounds the global order on this grid
+        ("lms", 3.3, 4.5),  # order 4 on the actual grid
         ("dpmpp2m", 1.9, 2.5),
-        ("dpmpp3m", 2.8, 4.5),
+        ("dpmpp3m", 1.5, 2.3),  # the published phi_3 weight: a second-order method on this problem
+        ("dpmpp3m_exact", 2.8, 4.5),
+        ("amed_dpm2", 1.9, 2.3),  # r = 1/2: DPM-Solver-2
+        ("amed_ipndm", 1.9, 2.3),  # iPNDM on the refined grid
+        ("amed_ipndm_uneven", 3.3, 4.5),  # LMS on the refined grid
+        ("amed_dpmpp", 1.5, 2.3),  # DPM-Solver++(3M) on the refined grid
     ],
 )
 def test_convergence_order_to_closed_form(gaussian, solver, low, high):
@@ -92,6 +123,14 @@ def test_convergence_order_to_closed_form(gaussian, solver, low, high):
     order, errs = _order(model, x0, solver)
     assert low <= order <= high, (order, errs)
     assert errs[-1] < 5e-2
+
+
+@pytest.mark.parametrize("solver,low,high", [("dpmpp2m", 1.9, 2.5), ("dpmpp3m", 1.4, 2.3), ("dpmpp3m_exact", 2.6, 4)])
+def test_noise_prediction_converges(gaussian, solver, low, high):
+    model, x0 = gaussian
+    order, errs = _order(model, x0, solver, predict_x0=False)
+    assert low <= order <= high, (order, errs)
+    assert errs[-1] < 1e-3
 
 
 @pytest.mark.parametrize("solver", ALL)
@@ -107,6 +146,7 @@ def test_multistep_beats_one_step_at_equal_nfe(gaussian):
     model, x0 = gaussian
     assert _error(model, x0, "ipndm", 33) < 0.2 * _error(model, x0, "heun", 17)
     assert _error(model, x0, "dpmpp3m", 33) < 0.2 * _error(model, x0, "heun", 17)
+    assert _error(model, x0, "lms", 33) < 0.2 * _error(model, x0, "heun", 17)
 
 
 @pytest.mark.parametrize("order", [1, 2, 3, 4])
@@ -149,20 +189,43 @@ def test_uneven_adams_bashforth_on_equal_steps_is_ipndm(order):
     )
 
 
-@pytest.mark.parametrize("order", [1, 3])
-def test_dpmpp_update_exact_for_polynomials_in_lambda(order):
-    """DPM-Solver++(kM) is exact when D is a polynomial of degree k-1 in lambda = -log t and x follows
-    x(t) e^-lambda' ... : compare with the closed-form integral x_t = (t/s) x_s + t * int e^l D(l) dl."""
-    coeffs = [0.3, -0.7, 0.25][:order]
-    q = lambda lam: sum(c * lam**i for i, c in enumerate(coeffs))  # noqa: E731
-    ts = [3.0, 1.7, 0.6, 0.25]  # non-uniform in lambda on purpose
+def _dpmpp_one_step(q, order, predict_x0, third_weight=2.0):
+    """One DPM-Solver++ step from t = 0.6 to 0.25 whose model output is q(lambda), after two earlier
+    outputs at 3.0 and 1.7 (non-uniform in lambda on purpose), against the closed-form integral:
+    data prediction x_t = (t/s) x_s + t int e^l D dl; noise prediction x_t = x_s - int e^-l eps dl."""
     lam = lambda t: -math.log(t)  # noqa: E731
+    ts, x = [3.0, 1.7, 0.6, 0.25], 1.3
     t, t_next = ts[2], ts[3]
-    history = [(ts[i], torch.tensor(q(lam(ts[i])), dtype=torch.float64)) for i in (0, 1)]
-    x = torch.tensor(1.3, dtype=torch.float64)
-    got = dpmpp_update(x, t, t_next, torch.tensor(q(lam(t)), dtype=torch.float64), history, order)
-    integral = quad(lambda u: math.exp(u) * q(u), lam(t), lam(t_next), epsabs=1e-14)[0]
-    assert got.item() == pytest.approx(t_next / t * 1.3 + t_next * integral, abs=1e-12)
+    out = lambda u: torch.tensor(q(lam(u)), dtype=torch.float64)  # noqa: E731
+    history = [(ts[i], out(ts[i])) for i in (0, 1)]
+    x_t = torch.tensor(x, dtype=torch.float64)
+    got = dpmpp_update(x_t, t, t_next, out(t), history, order, predict_x0=predict_x0, third_weight=third_weight)
+    if predict_x0:
+        want = t_next / t * x + t_next * quad(lambda u: math.exp(u) * q(u), lam(t), lam(t_next), epsabs=1e-14)[0]
+    else:
+        want = x - quad(lambda u: math.exp(-u) * q(u), lam(t), lam(t_next), epsabs=1e-14)[0]
+    return got.item(), want
+
+
+@pytest.mark.parametrize("predict_x0", [True, False])
+@pytest.mark.parametrize("order", [1, 3])
+def test_dpmpp_update_exact_for_polynomials_in_lambda(order, predict_x0):
+    """Order k with the doubled weight (`dpmpp3m_exact`) is exact when the output is a polynomial of degree
+    k-1 in lambda = -log t, in both the data and the noise prediction form."""
+    coeffs = [0.3, -0.7, 0.25][:order]
+    got, want = _dpmpp_one_step(lambda lam: sum(c * lam**i for i, c in enumerate(coeffs)), order, predict_x0)
+    assert got == pytest.approx(want, abs=1e-12)
+
+
+@pytest.mark.parametrize("predict_x0", [True, False])
+def test_published_third_order_weight_is_not_exact_for_quadratics(predict_x0):
+    """The published phi_3 weight (diff-sampler, k-diffusion) misses a quadratic output by exactly the
+    phi_3 D2 term it halves: a measurable, named difference, not a rounding one."""
+    q = lambda lam: 0.3 - 0.7 * lam + 0.25 * lam**2  # noqa: E731
+    exact, want = _dpmpp_one_step(q, 3, predict_x0, third_weight=2.0)
+    published, _ = _dpmpp_one_step(q, 3, predict_x0, third_weight=1.0)
+    assert exact == pytest.approx(want, abs=1e-12)
+    assert abs(published - want) > 1e-3
 
 
 def test_dpmpp2m_local_error_is_third_order():
@@ -172,7 +235,8 @@ def test_dpmpp2m_local_error_is_third_order():
         ts = [math.exp(-(1.0 + k * h)) for k in range(3)]
         hist = [(ts[0], torch.tensor(q(-math.log(ts[0])), dtype=torch.float64))]
         x = torch.tensor(0.5, dtype=torch.float64)
-        got = dpmpp_update(x, ts[1], ts[2], torch.tensor(q(-math.log(ts[1])), dtype=torch.float64), hist, 2)
+        m0 = torch.tensor(q(-math.log(ts[1])), dtype=torch.float64)
+        got = dpmpp_update(x, ts[1], ts[2], m0, hist, 2)
         integral = quad(lambda u: math.exp(u) * q(u), -math.log(ts[1]), -math.log(ts[2]), epsabs=1e-15)[0]
         errs.append(abs(got.item() - (ts[2] / ts[1] * 0.5 + ts[2] * integral)))
     assert math.log2(errs[0] / errs[1]) == pytest.approx(3, abs=0.3)
@@ -195,7 +259,7 @@ def test_amed_per_sample_coefficients_broadcast(gaussian):
     r = torch.tensor([0.2, 0.5, 0.8], dtype=torch.float64)
     c = torch.tensor([0.99, 1.0, 1.01], dtype=torch.float64)
     a = torch.tensor([1.0, 0.98, 1.02], dtype=torch.float64)
-    for solver in ("amed", "amed_euler", "amed_ipndm"):
+    for solver in ("amed", *PLUGINS):
         batch, _ = sample(GaussianModel(model.mu, model.s, r=r, c=c, a=a), x0, t, SolverConfig(solver, afs=True))
         for i in range(3):
             one = GaussianModel(model.mu[i : i + 1], model.s, r=r[i].item(), c=c[i].item(), a=a[i].item())
@@ -219,11 +283,29 @@ def test_nfe_accounting(gaussian, solver, afs, n_points):
         assert points_for_nfe(solver, nfe_for(solver, n_points, afs), afs) == n_points
 
 
-def test_heun_skips_correction_at_zero(gaussian):
+@pytest.mark.parametrize("solver", ALL)
+@pytest.mark.parametrize("afs", [False, True])
+@pytest.mark.parametrize("n_points", [3, 6])
+def test_grid_ending_at_zero(gaussian, solver, afs, n_points):
+    """k-diffusion's grids end at sigma = 0: every solver takes a finite one-evaluation step there (no call
+    at sigma 0, no division by it), counted by nfe_for, and still converges towards the exact answer."""
     model, x0 = gaussian
-    counting = GaussianModel(model.mu, model.s)
-    _, state = sample(counting, x0, [*make_schedule("polynomial", 5, SMIN, SMAX), 0.0], SolverConfig("heun"))
-    assert state.nfe == nfe_for("heun", 6, ends_at_zero=True) == 9
+    counting = GaussianModel(model.mu, model.s, r=0.5)
+    grid = [*make_schedule("polynomial", n_points - 1, SMIN, SMAX), 0.0]
+    before: list = []
+    x, state = sample(counting, x0, grid, ode_config(solver, afs=afs), lambda n, x: before.append(x))
+    assert torch.isfinite(x).all()
+    assert counting.calls == state.nfe == nfe_for(solver, n_points, afs, ends_at_zero=True)
+    assert nfe_for(solver, n_points, afs, ends_at_zero=True) == nfe_for(solver, n_points, afs) - (
+        get_solver(solver).evals_per_interval - 1
+    )
+    if solver not in ("ipndm", "lms", "amed_ipndm", "amed_ipndm_uneven"):  # Adams-Bashforth solvers extrapolate
+        # a one-step method's (or DPM-Solver++'s first-order) step to 0 lands on D(x, t) exactly
+        x_prev = before[-2] if len(before) > 1 else x0
+        torch.testing.assert_close(x, model.denoise(x_prev, torch.full((3,), grid[-2], dtype=x0.dtype)))
+    fine = [*make_schedule("polynomial", 64, SMIN, SMAX), 0.0]
+    x_fine, _ = sample(model, x0, fine, ode_config(solver, afs=afs))
+    assert (x_fine - model.exact(x0, SMAX, 0.0)).abs().max() < (0.1 if solver in ("euler", "amed_euler") else 2e-2)
 
 
 def test_points_for_nfe_rules():
@@ -240,17 +322,25 @@ def test_points_for_nfe_rules():
 
 def test_registry_is_the_one_list_of_solvers():
     assert solver_names() == ALL == list(SOLVERS)
-    assert solver_names(uses_predictor=True, aliases=True) == ["amed", "amed_euler", "amed_ipndm", "amed_dpm2"]
+    assert solver_names(uses_predictor=True) == ["amed", *PLUGINS]
     assert [canonical_solver(n) for n in ("DDIM", "DPM-Solver-2", "amed-dpm2", "dpm-solver++3m")] == [
         "euler",
         "dpm2",
-        "amed",
+        "amed_dpm2",
         "dpmpp3m",
     ]
-    assert [s.name for s in SOLVERS.values() if s.multistep and s.uses_predictor] == ["amed_ipndm"]
+    assert [s.name for s in SOLVERS.values() if s.multistep and s.uses_predictor] == [
+        "amed_ipndm",
+        "amed_ipndm_uneven",
+        "amed_dpmpp",
+    ]
     for solver in SOLVERS.values():
         assert solver.reference and solver.display_name and get_solver(solver.name) is solver
         assert nfe_for(solver.name, 5) == 4 * solver.evals_per_interval
+        # a published name names its reference; the project's own variants say so
+        ours = solver.name in ("dpmpp3m_exact", "amed_ipndm_uneven")
+        assert solver.reference.startswith("ours:") == ours
+        assert any(src in solver.reference for src in ("diff-sampler", "k-diffusion", "edm generate.py"))
     assert display_name("amed_ipndm") == "AMED-Plugin (iPNDM)" and display_name("retired") == "retired"
     assert find_solver("rk4") is None
 
@@ -279,10 +369,11 @@ def test_mixture_solvers_converge_to_reference():
     # the sample lands near one of the mixture means (the data is concentrated there)
     dist = torch.cdist(ref.reshape(4, 16), mus).min(dim=1).values
     assert dist.max() < 3 * 0.3 * 4 + 1e-9
-    for solver in ["euler", "heun", "dpm2", "ipndm", "dpmpp3m"]:
+    for solver in ["euler", "heun", "dpm2", "ipndm", "lms", "dpmpp3m", "dpmpp3m_exact"]:
         errs = []
         for n in (9, 33, 129):
-            x, _ = sample(model, x0, make_schedule("polynomial", n, SMIN, SMAX), SolverConfig(solver))
+            x, _ = sample(model, x0, make_schedule("polynomial", n, SMIN, SMAX), ode_config(solver))
             errs.append((x - ref).abs().max().item())
         assert errs[2] < errs[1] < errs[0], (solver, errs)
-        assert errs[2] < (5e-2 if solver == "euler" else 2e-3), (solver, errs)
+        bound = {"euler": 5e-2, "dpmpp3m": 5e-3}.get(solver, 2e-3)  # first order; published weight (second)
+        assert errs[2] < bound, (solver, errs)
