@@ -16,8 +16,8 @@ cli="python3 -m amed_deploy.cli"
 mkdir -p "$work/pred"
 case $step in
 distill)
-  for nfe in 3 5 7 9; do
-    for student in amed_ipndm amed_dpm2 amed_dpmpp; do
+  for student in amed_ipndm amed_dpmpp amed_dpm2; do
+    for nfe in 3 5 7 9; do
       out="$work/pred/${student}${nfe}.pt"
       [ -e "$out" ] || $cli distill --ckpt fashion-mnist --nfe "$nfe" --student "$student" --out "$out" --device cuda
     done
