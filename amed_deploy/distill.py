@@ -1,7 +1,7 @@
 """Distillation of g_phi: per interval, take one student step with the predictor in the loop and pull
 its end point towards the teacher's state at t_{n+1}. Single-step students start every interval from
-the teacher's state at t_n; multistep students (the iPNDM plugin) continue from their own previous
-output, so the slope history they learn with is the one they will see when deployed.
+the teacher's state at t_n; multistep students (the iPNDM and DPM-Solver++ plugins) continue from their
+own previous output, so the history they learn with is the one they will see when deployed.
 
 The teacher is a more accurate solver on a finer grid of the same schedule type that nests the
 student grid exactly ((M+1)(N-1)+1 points). Both teacher and student run through the shared solver

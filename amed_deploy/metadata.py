@@ -25,7 +25,10 @@ from .records import check_stamp, stamp
 
 METADATA_KEY = "amed_deploy"
 FORMAT = "amed-deploy/graph"
-FORMAT_VERSION = 2  # 2: sigma_range recorded in every graph (version 1 records read as their readers did)
+# 2: sigma_range recorded in every graph (version 1 records read as their readers did); 3: the sampler's
+# solver name means the published formula of that name (#17): a version <= 2 record's name is read through
+# RENAMED_FORMULAS ("amed_ipndm" then was today's "amed_ipndm_uneven")
+FORMAT_VERSION = 3
 KINDS = ("amed", "denoiser")
 PRECISIONS = ("fp32", "fp16", "bf16")  # bf16: the PyTorch executor only (exporters refuse it)
 # What a graph was exported for: standard ONNX that any runtime (TensorRT 10/11 too) parses, or a graph
@@ -116,7 +119,8 @@ class GraphSpec:
             d, FORMAT, FORMAT_VERSION, "amed-deploy metadata", "a graph record made by `amed-deploy export`"
         )
         try:
-            sampler = None if d.get("sampler") is None else SamplerConfig.from_dict(d["sampler"])
+            raw_sampler = d.get("sampler")
+            sampler = None if raw_sampler is None else SamplerConfig.from_dict(raw_sampler, renamed=version <= 2)
             if version >= 2:
                 lo, hi = strict_list(d["sigma_range"], "sigma_range", 2)
                 sigmas = (strict_float(lo, "sigma_min", 0.0, MAX_SIGMA), strict_float(hi, "sigma_max", 0.0, MAX_SIGMA))

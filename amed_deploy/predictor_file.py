@@ -4,8 +4,12 @@ hash of the model it was distilled for, so it is never silently paired with anot
 The binding is `model_sha256` (checkpoint.format.model_sha256: class, kwargs and weight values), so the
 same weights converted between .pt and .safetensors or stored in fp16 keep their predictors;
 `checkpoint_sha256`, the file's hash, stays as provenance and is the binding for files written
-before `model_sha256` existed. The field is optional on read, so the format version stays 1 (and
-older amed-deploy versions, which ignore unknown fields, still read new files).
+before `model_sha256` existed (an optional field, added without a version bump).
+
+Format versions: 1, the first; 2, the sampler's solver name means the published formula of that name
+(issue #17), so a version-1 file's name is read through `RENAMED_FORMULAS` (its "amed_ipndm" was the
+formula now called "amed_ipndm_uneven"), and amed-deploy versions that would read a version-2
+"amed_ipndm" as the old formula refuse the file instead.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from .predictor import AMEDPredictor, PredictorConfig
 from .records import check_stamp, stamp
 
 FORMAT = "amed-deploy/predictor"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: solver names are the published formulas (#17); see the module docstring
 MISMATCH_HINT = "use the checkpoint it was distilled for, or pass --ignore-checkpoint-mismatch"
 _KIND = "an amed-deploy predictor file (made by `amed-deploy distill`)"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -138,7 +142,7 @@ def load_predictor(
     payload = _read_payload(path)
     if not isinstance(payload, dict):
         raise AmedError(f"{path} is not {_KIND}: it holds a {type(payload).__name__}, not a dict")
-    check_stamp(payload, FORMAT, FORMAT_VERSION, str(path), _KIND)
+    version = check_stamp(payload, FORMAT, FORMAT_VERSION, str(path), _KIND)
     try:
         predictor = AMEDPredictor(_predictor_config(payload["predictor_config"], path))
         state = payload["state_dict"]
@@ -147,7 +151,7 @@ def load_predictor(
         predictor.load_state_dict(state)
         bundle = PredictorBundle(
             predictor=predictor.eval(),
-            sampler=SamplerConfig.from_dict(payload["sampler"]),
+            sampler=SamplerConfig.from_dict(payload["sampler"], renamed=version < 2),
             tap=str(payload["tap"]),
             checkpoint_sha256=str(payload["checkpoint_sha256"]),
             training=dict(payload.get("training") or {}),

@@ -4,7 +4,7 @@ solver loop eagerly. Distillation, tests and the deployed runtime's parity check
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -51,10 +51,16 @@ def load_model(
 
 
 def baseline_sampler(
-    net: torch.nn.Module, solver: str, nfe: int, schedule: str = DEFAULT_SCHEDULE, afs: bool = False
+    net: torch.nn.Module,
+    solver: str,
+    nfe: int,
+    schedule: str = DEFAULT_SCHEDULE,
+    afs: bool = False,
+    options: Mapping[str, object] | None = None,
 ) -> SamplerConfig:
-    """A training-free solver at a given NFE, over the network's sampling range."""
-    return SamplerConfig.create(solver, nfe, schedule, sigma_range(net), afs)
+    """A training-free solver at a given NFE, over the network's sampling range, with its reference's
+    `options` (max_order, predict_x0, ...; the reference's defaults where not given)."""
+    return SamplerConfig.create(solver, nfe, schedule, sigma_range(net), afs, options=options)
 
 
 @torch.no_grad()

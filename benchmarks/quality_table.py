@@ -25,7 +25,15 @@ from amed_deploy.evaluation.pca import trajectory_pca
 from amed_deploy.evaluation.plots import plot_fid_vs_nfe, plot_pca, require_matplotlib
 from amed_deploy.evaluation.quality import ReferenceCache, prepare_fid
 from amed_deploy.evaluation.report import render_results_markdown
-from amed_deploy.evaluation.table import edm_reference_sampler, evaluate_cells, find_predictors, plan_cells, write_json
+from amed_deploy.evaluation.table import (
+    default_solvers,
+    edm_reference_sampler,
+    evaluate_cells,
+    find_predictors,
+    plan_cells,
+    predictor_templates,
+    write_json,
+)
 from amed_deploy.files import atomic_write_bytes
 from amed_deploy.images import grid, save_image
 from amed_deploy.sampling import load_model, reference_sample
@@ -53,10 +61,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt", required=True)
     ap.add_argument("--predictor-dir", default=".")
-    ap.add_argument("--predictors", default="amed{nfe}.pt,amed_ipndm{nfe}.pt")
+    ap.add_argument("--predictors", default=",".join(predictor_templates()), help="as `amed-deploy eval`")
     ap.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
     ap.add_argument("--inception", required=True)
-    ap.add_argument("--solvers", default="euler,heun,dpm2,ipndm,dpmpp3m,amed,amed_ipndm")
+    ap.add_argument(
+        "--solvers",
+        default=None,
+        help="as `amed-deploy eval` [default: every training-free solver, then those of the predictors found]",
+    )
     ap.add_argument("--nfe", default="3,5,7,9")
     ap.add_argument("--num", type=int, default=10000)
     ap.add_argument("--batch", type=int, default=500)
@@ -86,7 +98,8 @@ def main() -> None:
     loaded = load_model(args.ckpt)
     network = loaded.network.to(device).eval()
     found = find_predictors(args.predictors.split(","), nfes, args.predictor_dir)
-    cells = plan_cells(network, loaded.checkpoint_sha256, args.solvers.split(","), nfes, found, device)
+    solvers = default_solvers(found) if args.solvers is None else args.solvers.split(",")
+    cells = plan_cells(network, loaded.checkpoint_sha256, solvers, nfes, found, device)
     inception, stats, fid_info = prepare_fid(
         args.data, args.inception, loaded.image_shape, device, work / "train-stats.npz", args.batch, args.resize
     )

@@ -25,10 +25,22 @@ def test_bundle_is_small_and_predictors_are_bound_to_it():
     from amed_deploy.checkpoint.load import load_checkpoint
 
     sha = model_sha256(load_checkpoint(assets.MODEL))
-    for solver, files in (("amed", assets.PREDICTORS), ("amed_ipndm", assets.PLUGIN_PREDICTORS)):
+    for solver, files in (("amed", assets.PREDICTORS), ("amed_ipndm_uneven", assets.PLUGIN_PREDICTORS)):
         for nfe, path in files.items():
             bundle = load_predictor(path, model_sha256=sha)  # refuses a mismatch
             assert bundle.sampler.nfe == nfe and bundle.sampler.solver == solver
+            assert path.name == f"{solver}{nfe}.pt"  # a bundled predictor is named after its formula
+
+
+def test_the_relabelled_plugin_predictors_hold_their_training_record():
+    """Distilled as amed_ipndm before #17, with the formula now called amed_ipndm_uneven: only the name
+    changed, and the file says so."""
+    for nfe, path in assets.PLUGIN_PREDICTORS.items():
+        bundle = load_predictor(path)
+        assert torch.load(path, weights_only=True)["format_version"] == 2
+        assert bundle.sampler.solver == "amed_ipndm_uneven" and bundle.sampler.max_order == 4
+        assert bundle.training["distill"]["student"] == "amed_ipndm" and bundle.training["distill"]["nfe"] == nfe
+        assert "amed_ipndm -> amed_ipndm_uneven" in bundle.training["relabelled"]
 
 
 def test_amed5_is_close_to_the_accurate_solution():

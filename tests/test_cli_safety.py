@@ -272,6 +272,76 @@ def test_options_that_do_not_apply_are_refused(case, tmp_path, sources):
     _assert_refused(case, tmp_path, sources)
 
 
+# ---------------------------------------------------------------- a solver's formula and options are what was asked
+
+RUN_TO = [*RUN, "--out", "{d}/s.png"]
+SAMPLE_TO = ["sample", "--ckpt", "{d}/edm.pt", "--out", "{d}/s.png"]
+SOLVER_REFUSALS = [
+    Case([*RUN_TO, "--engine", "{d}/g.onnx", "--solver", "amed_ipndm"], "not amed_ipndm: the formulas"),
+    Case([*RUN_TO, "--engine", "{d}/g.onnx", "--solver", "amed_dpm2"], "(AMED-Solver), not amed_dpm2"),
+    Case([*RUN_TO, "--engine", "{d}/g.onnx", "--max-order", "2"], "pass solver too"),
+    Case(
+        [*RUN_TO, "--engine", "{d}/g.onnx", "--solver", "amed", "--thresholding"], "amed takes no thresholding option"
+    ),
+    Case(
+        [*RUN_TO, "--engine", "{d}/g.onnx", "--solver", "heun", "--nfe", "6", "--max-order", "2"],
+        "heun takes no max_order",
+    ),
+    Case(
+        [*RUN_TO, "--engine", "{d}/edm.pt", "--solver", "euler", "--nfe", "2", "--predict-noise"], "takes no predict_x0"
+    ),
+    Case(
+        [*RUN_TO, "--engine", "{d}/edm.pt", "--solver", "dpmpp2m", "--nfe", "4", "--max-order", "3"],
+        "integer 1..2, got 3",
+    ),
+    Case([*RUN_TO, "--engine", "{d}/edm.pt", "--solver", "dpmpp2m", "--nfe", "4", "--max-order", "x"], "--max-order"),
+    Case(
+        [*RUN_TO, "--engine", "{d}/edm.pt", "--solver", "dpmpp2m", "--nfe", "4", "--predict-noise", "--thresholding"],
+        "thresholding applies to data prediction",
+    ),
+    Case(
+        [*RUN_TO, "--engine", "{d}/edm.pt", "--predictor", "{d}/amed5.pt", "--solver", "amed_ipndm_uneven"],
+        "distilled for amed (AMED-Solver), not amed_ipndm_uneven",
+    ),
+    Case(
+        [*RUN_TO, "--engine", "{d}/edm.pt", "--solver", "amed_euler", "--nfe", "3"],
+        "needs a predictor distilled for it",
+    ),
+    Case(
+        [*RUN_TO, "--engine", "{d}/edm.pt", "--solver", "bogus", "--nfe", "2"], "unknown solver 'bogus'; choose one of"
+    ),
+    Case([*SAMPLE, "--max-order", "2"], "euler takes no max_order option (it applies to ipndm"),
+    Case(
+        [*SAMPLE_TO, "--predictor", "{d}/amed5.pt", "--solver", "amed_ipndm"],
+        "this predictor was distilled for amed (AMED-Solver), not amed_ipndm: the formulas differ; distil one",
+    ),
+    Case([*SAMPLE_TO, "--predictor", "{d}/amed5.pt", "--no-lower-order-final"], "takes no lower"),
+    Case([*SAMPLE_TO, "--solver", "amed_euler", "--nfe", "3"], "--student amed_euler"),
+]
+
+
+@pytest.mark.parametrize("case", SOLVER_REFUSALS, ids=str)
+def test_another_formula_or_an_option_the_solver_lacks_is_refused(case, tmp_path, sources):
+    _assert_refused(case, tmp_path, sources)
+
+
+def test_solver_options_reach_run_and_sample(tmp_path, sources):
+    """--predict-noise changes DPM-Solver++(3M)'s formula, the same way on the deployed loop and the reference."""
+    solver = ["--solver", "dpmpp3m", "--nfe", "5", "--class", "0", "--seed", "3"]
+    raw = {}
+    for name, args in {
+        "run": [*RUN, "--engine", "{d}/edm.pt", *solver, "--predict-noise"],
+        "sample": ["sample", "--ckpt", "{d}/edm.pt", "--batch", "2", "--device", "cpu", *solver, "--predict-noise"],
+        "default": [*RUN, "--engine", "{d}/edm.pt", *solver],
+    }.items():
+        out = ["--out", f"{{d}}/{name}.png", "--npz", f"{{d}}/{name}.npz"]
+        res = _invoke(Case([*args, *out], ""), tmp_path, sources)
+        assert res.exit_code == 0, res.output
+        raw[name] = np.load(tmp_path / f"{name}.npz")["raw"]
+    assert np.abs(raw["run"] - raw["sample"]).max() < 1e-4
+    assert np.abs(raw["run"] - raw["default"]).max() > 1e-3
+
+
 # ---------------------------------------------------------------- a file is what its name says
 
 BAD_NAMES = [

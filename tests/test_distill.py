@@ -15,7 +15,7 @@ from amed_deploy.distill import DistillConfig, distill, endpoint_rmse
 from amed_deploy.errors import AmedError
 from amed_deploy.predictor import AMEDPredictor
 from amed_deploy.sampling import baseline_sampler, reference_sample
-from amed_deploy.solvers import SolverConfig
+from amed_deploy.solvers import SolverConfig, solver_names
 
 HELD_OUT = range(10**6, 10**6 + 3)  # training seeds are cfg.seed * 1_000_003 + i, i < 60
 
@@ -43,7 +43,7 @@ def test_distillation_leaves_the_network_unchanged(distilled, tiny_ckpt):
     assert not any(p.requires_grad for p in network.net.parameters())
 
 
-@pytest.mark.parametrize("student", ["amed_euler", "amed_ipndm"])
+@pytest.mark.parametrize("student", [s for s in solver_names(uses_predictor=True) if s != "amed"])
 def test_plugin_students_train_and_sample(tiny_ckpt, student):
     from amed_deploy.checkpoint.build import build_model
     from amed_deploy.checkpoint.load import load_checkpoint
@@ -55,6 +55,28 @@ def test_plugin_students_train_and_sample(tiny_ckpt, student):
     images, labels = reference_sample(network, sampler, seed=0, batch=3, classes=[0, 1, 2])
     assert images.shape == (3, 1, 16, 16) and torch.isfinite(images).all()
     assert labels.argmax(1).tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize("student", solver_names(uses_predictor=True))
+def test_every_amed_solver_distils_end_to_end(tmp_path, tiny_ckpt, student, monkeypatch):
+    """`distill --student S` trains (finite losses) and writes S<NFE>.pt by default, whose record says S: the
+    formula the predictor was trained with is the one it will run."""
+    from amed_deploy.checkpoint.format import model_sha256
+    from amed_deploy.checkpoint.load import load_checkpoint
+    from amed_deploy.config import SamplerConfig
+    from amed_deploy.predictor_file import load_predictor
+
+    monkeypatch.chdir(tmp_path)
+    args = ["distill", "--ckpt", str(tiny_ckpt), "--student", student, "--nfe", "5", "--batch", "4", "--kimg", "0.008"]
+    res = CliRunner().invoke(main, [*args, "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert f"wrote {student}5.pt: {student} NFE 5" in res.output
+    bundle = load_predictor(tmp_path / f"{student}5.pt", model_sha256=model_sha256(load_checkpoint(tiny_ckpt)))
+    sampler = bundle.sampler
+    assert sampler.solver == student == bundle.training["distill"]["student"]
+    assert sampler == SamplerConfig.create(student, 5, "time_uniform", (sampler.sigma_min, sampler.sigma_max), True)
+    assert bundle.training["batches_trained"] == 2 and np.isfinite(bundle.training["final_loss"])
+    assert np.isfinite(bundle.training["held_out_rmse"])
 
 
 def test_plugin_distillation_beats_its_untrained_predictor(tiny_ckpt):

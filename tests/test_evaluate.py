@@ -21,9 +21,18 @@ from amed_deploy.evaluation.pca import trajectory_pca
 from amed_deploy.evaluation.plots import line_chart, plot_fid_vs_nfe, plot_pca
 from amed_deploy.evaluation.quality import ReferenceCache, fid_of, rmse_to_reference, sample_many
 from amed_deploy.evaluation.report import render_results_markdown
-from amed_deploy.evaluation.table import Cell, baseline_afs, evaluate_cells, find_predictors, plan_cells
+from amed_deploy.evaluation.table import (
+    Cell,
+    baseline_afs,
+    default_solvers,
+    evaluate_cells,
+    find_predictors,
+    plan_cells,
+    predictor_templates,
+)
 from amed_deploy.fid import Inception
 from amed_deploy.sampling import baseline_sampler, reference_sample
+from amed_deploy.solvers import solver_names
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 
@@ -173,6 +182,53 @@ def test_plan_cells_and_predictors(network, tmp_path, predictor_file, tiny_ckpt)
     assert by[("amed", 5)].network.net is network.net  # the U-Net is shared, not reloaded
     assert by[("amed", 3)].cfg is None and "no amed predictor" in by[("amed", 3)].note
     assert by[("heun", 1)].cfg is not None  # 1 NFE: one AFS Euler predictor + one correction
+
+
+def _as_version_1_plugin(src, dst):
+    """A predictor file as versions before #17 wrote one for "amed_ipndm" (today's amed_ipndm_uneven)."""
+    payload = torch.load(src, weights_only=True)
+    payload["format_version"] = 1
+    payload["sampler"] = {**payload["sampler"], "solver": "amed_ipndm", "max_order": 4}
+    torch.save(payload, dst)
+
+
+def test_a_predictor_is_used_for_the_formula_its_record_names(network, tmp_path, predictor_file, tiny_ckpt):
+    """A file whose name says amed_ipndm but whose record says another solver is never run as amed_ipndm: its
+    cell says why, and the file counts for its own solver."""
+    from amed_deploy.checkpoint.format import model_sha256
+    from amed_deploy.checkpoint.load import load_checkpoint
+
+    pred_path, sampler = predictor_file  # AMED-Solver, NFE 5
+    sha = model_sha256(load_checkpoint(tiny_ckpt))
+    _as_version_1_plugin(pred_path, tmp_path / "amed_ipndm5.pt")
+    found = find_predictors(predictor_templates(), [5], tmp_path)
+    assert found == {("amed_ipndm_uneven", 5): tmp_path / "amed_ipndm5.pt"}
+    assert default_solvers(found) == [*solver_names(uses_predictor=False), "amed_ipndm_uneven"]
+    cells = {c.solver: c for c in plan_cells(network, sha, ["amed_ipndm", "amed_ipndm_uneven"], [5], found)}
+    assert cells["amed_ipndm"].cfg is None and cells["amed_ipndm"].note == (
+        f"no amed_ipndm predictor for NFE 5 ({tmp_path / 'amed_ipndm5.pt'} was distilled for amed_ipndm_uneven "
+        "(AMED-Plugin (iPNDM), uneven-grid weights), not amed_ipndm: the formulas differ)"
+    )
+    assert cells["amed_ipndm_uneven"].cfg.solver == "amed_ipndm_uneven" and cells["amed_ipndm_uneven"].note is None
+    # a mapping that pairs a file with another solver is refused cell by cell, not run
+    wrong = plan_cells(network, sha, ["amed_ipndm"], [5], {("amed_ipndm", 5): pred_path})
+    assert wrong[0].cfg is None and "distilled for amed, not amed_ipndm: the formulas differ" in wrong[0].note
+    # two files for one solver and NFE: which one is measured must not depend on the template order
+    (tmp_path / "amed_ipndm_uneven5.pt").write_bytes((tmp_path / "amed_ipndm5.pt").read_bytes())
+    with pytest.raises(AmedError, match="two predictor files for amed_ipndm_uneven NFE 5"):
+        find_predictors(predictor_templates(), [5], tmp_path)
+
+
+def test_eval_defaults_come_from_the_registry(tiny_ckpt, predictor_file, tmp_path):
+    pred_path, _ = predictor_file
+    out = tmp_path / "r.json"
+    args = ["eval", "--ckpt", str(tiny_ckpt), "--no-fid", "--rmse-num", "0", "--nfe", "5", "--out", str(out)]
+    result = CliRunner().invoke(main, [*args, "--predictor-dir", str(pred_path.parent), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    solvers = [c["solver"] for c in json.loads(out.read_text())["cells"]]
+    assert solvers == [*solver_names(uses_predictor=False), "amed"]
+    assert predictor_templates()[:2] == ["amed{nfe}.pt", "amed_euler{nfe}.pt"]
+    assert "amed_ipndm_uneven{nfe}.pt" in predictor_templates()
 
 
 def test_evaluate_cells_with_stand_in_inception(network, tmp_path):

@@ -134,12 +134,51 @@ def test_denoiser_graph_with_baseline_solvers(tmp_path):
         Sampler.load(out, device="cpu", solver="amed", nfe=5, afs=True)
 
 
+def test_denoiser_graph_takes_the_solvers_options(tmp_path):
+    """solver_options reach the training-free solver, as its reference names them; the same options on the
+    checkpoint give the same samples (one SamplerConfig.create path)."""
+    net = tiny_net()
+    out = tmp_path / "denoiser.onnx"
+    export_onnx(AMEDNetwork(net), out, sampler=None, batch=2)
+    noise = {"predict_x0": False}
+    smp = Sampler.load(out, device="cpu", solver="dpmpp3m", nfe=5, solver_options=noise)
+    assert smp.config.predict_x0 is False and smp.config.thresholding is False  # thresholding: data prediction only
+    ref, _ = reference_sample(AMEDNetwork(net), baseline_sampler(net, "dpmpp3m", 5, options=noise), seed=2, batch=2)
+    assert _ref_error(smp.sample(seed=2).images, ref) <= 1e-4
+    default, _ = reference_sample(AMEDNetwork(net), baseline_sampler(net, "dpmpp3m", 5), seed=2, batch=2)
+    assert (default - ref).abs().max() > 1e-4  # the option changed the formula
+    assert Sampler.load(out, device="cpu", solver="lms", nfe=4, solver_options={"max_order": 2}).config.max_order == 2
+    assert (
+        Sampler.load(out, device="cpu", solver="lms", nfe=4, solver_options={"max_order": None}).config.max_order == 4
+    )
+    with pytest.raises(AmedError, match=r"^heun takes no max_order option \(it applies to ipndm, lms"):
+        Sampler.load(out, device="cpu", solver="heun", nfe=6, solver_options={"max_order": 2})
+    with pytest.raises(AmedError, match="dpmpp2m's max_order must be an integer 1..2, got 3"):
+        Sampler.load(out, device="cpu", solver="dpmpp2m", nfe=4, solver_options={"max_order": 3})
+    with pytest.raises(AmedError, match="unknown solver option 'order'"):
+        Sampler.load(out, device="cpu", solver="lms", nfe=4, solver_options={"order": 2})
+    with pytest.raises(AmedError, match=r"solver_options \(--max-order.*\) apply to solver \(--solver\).*pass solver"):
+        Sampler.load(out, device="cpu", solver_options={"max_order": 2})
+
+
+def test_an_amed_graph_refuses_another_formula_or_other_options(amed_onnx):
+    """Its predictor was distilled for one formula: another AMED solver's, or other settings of its own,
+    are refused (amed_dpm2, the AMED-Plugin on DPM-Solver-2, is no longer a name of the AMED-Solver)."""
+    with pytest.raises(AmedError, match=r"distilled for amed \(AMED-Solver\), not amed_dpm2.*--student amed_dpm2\)$"):
+        Sampler.load(amed_onnx, solver="amed_dpm2", device="cpu")
+    with pytest.raises(AmedError, match="^amed takes no max_order option"):
+        Sampler.load(amed_onnx, solver="amed", solver_options={"max_order": 2}, device="cpu")
+    assert Sampler.load(amed_onnx, solver="amed", solver_options={}, batch=1, device="cpu").config.solver == "amed"
+    smp = Sampler.load(amed_onnx, solver="ipndm", nfe=4, solver_options={"max_order": 3}, batch=1, device="cpu")
+    assert smp.config.solver == "ipndm" and smp.config.max_order == 3  # a training-free solver on its denoiser
+
+
 def test_refusals(amed_onnx, tmp_path):
     with pytest.raises(AmedError, match="outside this graph's range"):
         Sampler.load(amed_onnx, batch=9, device="cpu")
     with pytest.raises(AmedError, match="exported for NFE 5"):
         Sampler.load(amed_onnx, nfe=7, device="cpu")
-    with pytest.raises(AmedError, match="distilled for it"):
+    with pytest.raises(AmedError, match=r"distilled for amed \(AMED-Solver\), not amed_ipndm: the formulas differ"):
         Sampler.load(amed_onnx, solver="amed_ipndm", nfe=6, device="cpu")
     data = amed_onnx.read_bytes()
     for name, content in [("trunc.onnx", data[: len(data) // 3]), ("empty.onnx", b""), ("junk.onnx", b"\x00" * 99)]:

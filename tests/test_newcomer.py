@@ -26,7 +26,7 @@ def test_models_lists_every_bundled_file_by_a_name_that_resolves():
     for name, path in assets.names().items():
         assert name in res.output and str(path) in res.output
         assert assets.resolve(name) == path
-    assert "amed NFE 5" in res.output and "amed_ipndm NFE 9" in res.output
+    assert "amed NFE 5" in res.output and "amed_ipndm_uneven NFE 9" in res.output
 
 
 def test_an_existing_file_wins_over_a_bundled_name(tmp_path, monkeypatch):

@@ -35,7 +35,7 @@ INT_FIELDS = [
     ("batch_max",),
     ("sampler", "nfe"),
     ("sampler", "num_points"),
-    ("sampler", "max_order"),
+    ("sampler", "max_order"),  # read from `multistep_record`: the AMED-Solver takes no max_order
 ]
 # one past each bound (the lower bounds are covered by -1 below)
 OVER_BOUND = {
@@ -74,6 +74,28 @@ def record(amed_onnx) -> dict:
     return d
 
 
+@pytest.fixture(scope="module")
+def multistep_record(record) -> dict:
+    """The same record with a sampler whose solver takes max_order (the AMED-Plugin on iPNDM)."""
+    s = record["sampler"]
+    sigmas = (s["sigma_min"], s["sigma_max"])
+    cfg = SamplerConfig.create("amed_ipndm", s["nfe"], s["schedule"], sigmas, s["afs"], s["rho"])
+    return put(record, ("sampler",), cfg.to_dict())
+
+
+@pytest.fixture(scope="module")
+def dpmpp_record(record) -> dict:
+    """The same record with a sampler taking every option (the AMED-Plugin on DPM-Solver++)."""
+    s = record["sampler"]
+    sigmas = (s["sigma_min"], s["sigma_max"])
+    cfg = SamplerConfig.create("amed_dpmpp", s["nfe"], s["schedule"], sigmas, s["afs"], s["rho"])
+    return put(record, ("sampler",), cfg.to_dict())
+
+
+def _record_for(path: tuple, record: dict, multistep_record: dict) -> dict:
+    return multistep_record if path == ("sampler", "max_order") else record
+
+
 def put(d: dict, path: tuple, value: object) -> dict:
     """A deep copy of d with the field at `path` replaced."""
     d = copy.deepcopy(d)
@@ -95,15 +117,48 @@ def test_base_record_is_valid(record):
 
 @pytest.mark.parametrize("value", BAD_INTS, ids=repr)
 @pytest.mark.parametrize("path", INT_FIELDS, ids=lambda p: ".".join(map(str, p)))
-def test_bad_integer_fields_are_refused(record, path, value):
+def test_bad_integer_fields_are_refused(record, multistep_record, path, value):
+    base = _record_for(path, record, multistep_record)
+    if path == ("sampler", "max_order") and value is None:  # null is "not given": the reference's default
+        assert parse(put(base, path, value)) == parse(base)
+        return
     with pytest.raises(AmedError, match="malformed|inconsistent|batch range"):
-        parse(put(record, path, value))
+        parse(put(base, path, value))
 
 
 @pytest.mark.parametrize("path", INT_FIELDS, ids=lambda p: ".".join(map(str, p)))
-def test_integers_over_their_bound_are_refused(record, path):
+def test_integers_over_their_bound_are_refused(record, multistep_record, path):
     with pytest.raises(AmedError, match=r"must be an integer in \d+\.\.\d+"):
-        parse(put(record, path, OVER_BOUND[path]))
+        parse(put(_record_for(path, record, multistep_record), path, OVER_BOUND[path]))
+
+
+def test_an_option_the_solver_takes_no_part_in_is_dropped(record, multistep_record):
+    """Records before #17 wrote max_order for every solver; the AMED-Solver's is no option of it."""
+    assert parse(record).sampler.max_order is None
+    assert parse(put(record, ("sampler", "max_order"), 4)) == parse(record)
+    assert parse(multistep_record).sampler.max_order == 4
+    assert parse(put(multistep_record, ("sampler", "max_order"), 2)).sampler.max_order == 2
+
+
+@pytest.mark.parametrize("name", ["predict_x0", "lower_order_final", "thresholding"])
+@pytest.mark.parametrize("value", [1, 0, "true", [True], 1.0], ids=repr)
+def test_bad_option_flags_are_refused(dpmpp_record, name, value):
+    with pytest.raises(AmedError, match=f"malformed.*{name}"):
+        parse(put(dpmpp_record, ("sampler", name), value))
+
+
+def test_option_flags_are_read_and_checked_together(dpmpp_record):
+    cfg = parse(dpmpp_record).sampler
+    assert (cfg.max_order, cfg.predict_x0, cfg.lower_order_final, cfg.thresholding) == (3, True, True, True)
+    noise = put(put(dpmpp_record, ("sampler", "predict_x0"), False), ("sampler", "thresholding"), False)
+    assert parse(noise).sampler.solver_options == {
+        "max_order": 3,
+        "predict_x0": False,
+        "lower_order_final": True,
+        "thresholding": False,
+    }
+    with pytest.raises(AmedError, match="thresholding applies to data prediction"):
+        parse(put(dpmpp_record, ("sampler", "predict_x0"), False))
 
 
 @pytest.mark.parametrize("value", BAD_FLOATS, ids=repr)
@@ -162,9 +217,9 @@ def test_sampler_inconsistencies_are_refused(record):
             pytest.fail(f"accepted: {what}")
 
 
-def test_integral_floats_are_accepted(record):
-    base = parse(record)
-    d = copy.deepcopy(record)
+def test_integral_floats_are_accepted(multistep_record):
+    base = parse(multistep_record)
+    d = copy.deepcopy(multistep_record)
     d["image_shape"] = [float(v) for v in d["image_shape"]]
     for key in ("label_dim", "batch_min", "batch_opt", "batch_max"):
         d[key] = float(d[key])
@@ -374,7 +429,7 @@ def test_huge_batch_is_refused_by_the_memory_check_before_allocating(amed_onnx, 
 
 
 def test_estimate_bytes_matches_a_hand_count():
-    cfg = SamplerConfig.create("amed", 5, "time_uniform", (0.002, 80.0), True)  # max_order 4
+    cfg = SamplerConfig.create("amed", 5, "time_uniform", (0.002, 80.0), True)  # no history: max_order None
     spec = GraphSpec(
         "amed",
         "fp16",
@@ -389,8 +444,8 @@ def test_estimate_bytes_matches_a_hand_count():
     )
     image = 3 * 3 * 8 * 8  # batch 3
     io = image * 2 * 2 + 3 * 4 * 2 + 3 * 10 * 4 + 3 * 3 * 4  # x, denoised fp16; sigmas; labels; r, c, a
-    loop = (2 + 4 + 2) * image * 4  # noise, x and max_order + 2 history tensors, fp32
-    assert estimate_bytes(spec, 3) == io + loop + 3 * 1000 == 23916
+    loop = (2 + 1 + 2) * image * 4  # noise, x and (max_order or 1) + 2 history tensors, fp32
+    assert estimate_bytes(spec, 3) == io + loop + 3 * 1000 == 17004
 
     plain = GraphSpec("denoiser", "fp32", (3, 8, 8), 0, 1, 2, 4)  # no sampler, no activation record
     assert estimate_bytes(plain, 3) == image * 4 * 2 + 3 * 4 * 2 + (2 + 6) * image * 4 == 23064
@@ -402,7 +457,7 @@ def test_estimate_bytes_matches_a_hand_count():
         1,
         2,
         4,
-        sampler=SamplerConfig.create("ipndm", 5, "polynomial", (0.002, 80.0), False, max_order=2),
+        sampler=SamplerConfig.create("ipndm", 5, "polynomial", (0.002, 80.0), False, options={"max_order": 2}),
     )
     assert estimate_bytes(order2, 3) == image * 4 * 2 + 3 * 4 * 2 + (2 + 4) * image * 4
 

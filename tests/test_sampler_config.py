@@ -52,3 +52,43 @@ def test_an_amed_graphs_own_solver_refuses_another_schedule_or_afs():
         resolve_sampler(spec, "amed", None, "polynomial")
     with pytest.raises(AmedError, match="afs True, not False"):
         resolve_sampler(spec, "amed", 5, afs=False)
+
+
+def test_an_amed_graphs_own_solver_refuses_other_solver_options():
+    cfg = SamplerConfig.create("amed_dpmpp", 5, "time_uniform", EDM_SIGMA_RANGE, True)
+    spec = GraphSpec("amed", "fp32", (3, 8, 8), 0, 1, 1, 1, sampler=cfg)
+    assert (cfg.max_order, cfg.predict_x0, cfg.lower_order_final, cfg.thresholding) == (3, True, True, True)
+    assert resolve_sampler(spec, "amed_dpmpp", 5, options={"max_order": 3, "thresholding": True}) == cfg
+    assert resolve_sampler(spec, "amed_dpmpp", 5, options={"max_order": None}) == cfg  # None: not given
+    with pytest.raises(AmedError, match="exported with thresholding True, not False: .* distilled for that formula"):
+        resolve_sampler(spec, "amed_dpmpp", None, options={"thresholding": False})
+    with pytest.raises(AmedError, match="exported with max_order 3, not 2"):
+        resolve_sampler(spec, "amed_dpmpp", None, options={"max_order": 2})
+    amed = GraphSpec(
+        "amed",
+        "fp32",
+        (3, 8, 8),
+        0,
+        1,
+        1,
+        1,
+        sampler=SamplerConfig.create("amed", 5, "time_uniform", EDM_SIGMA_RANGE, True),
+    )
+    with pytest.raises(AmedError, match=r"^amed takes no predict_x0 option \(it applies to dpmpp2m"):
+        resolve_sampler(amed, "amed", None, options={"predict_x0": True})
+
+
+def test_a_predictor_is_refused_for_another_formula():
+    cfg = SamplerConfig.create("amed_ipndm_uneven", 5, "time_uniform", EDM_SIGMA_RANGE, True)
+    spec = GraphSpec("amed", "fp32", (3, 8, 8), 0, 1, 1, 1, sampler=cfg)
+    with pytest.raises(AmedError) as refused:
+        resolve_sampler(spec, "amed_ipndm", None)
+    assert str(refused.value) == (
+        "this predictor was distilled for amed_ipndm_uneven (AMED-Plugin (iPNDM), uneven-grid weights), not "
+        "amed_ipndm: the formulas differ; distil one for amed_ipndm (amed-deploy distill --student amed_ipndm)"
+    )
+    assert resolve_sampler(spec, "amed-ipndm-uneven", 5) == cfg  # its own name, in any spelling
+    assert resolve_sampler(spec, "ipndm", 5).solver == "ipndm"  # a training-free solver on its denoiser output
+    denoiser = GraphSpec("denoiser", "fp32", (3, 8, 8), 0, 1, 1, 1)
+    with pytest.raises(AmedError, match=r"solver amed_ipndm needs a predictor distilled for it \(amed-deploy distill"):
+        resolve_sampler(denoiser, "amed_ipndm", 5)

@@ -111,3 +111,82 @@ def test_engine_manifests_in_the_older_spelling_still_load(tmp_path):
     path.write_text(json.dumps({**_respell(m.to_dict()), "schema": "amed-deploy/other"}))
     with pytest.raises(AmedError, match="engine.plan.json: it is not a TensorRT plan manifest"):
         read_manifest(path)
+
+
+# --- #17: a solver name means the published formula; older records meant the formula's old name ----------
+
+OLD_SAMPLER_FIELDS = ("solver", "nfe", "num_points", "schedule", "sigma_min", "sigma_max", "afs", "rho", "t_steps")
+
+
+def _plugin_sampler(solver: str = "amed_ipndm") -> SamplerConfig:
+    return SamplerConfig.create(solver, 5, "time_uniform", (0.002, 80.0), True)
+
+
+def _as_written_before(cfg: SamplerConfig) -> dict:
+    """The sampler record as versions before #17 wrote it: max_order for every solver, no other option."""
+    return {**{k: v for k, v in cfg.to_dict().items() if k in OLD_SAMPLER_FIELDS}, "max_order": 4}
+
+
+def _predictor_file(path, sampler: dict, version: int):
+    from amed_deploy.predictor_file import FORMAT_VERSION as PREDICTOR_VERSION
+
+    save_predictor(path, PredictorBundle(AMEDPredictor(PredictorConfig()), _plugin_sampler(), "t", "ab" * 32))
+    payload = torch.load(path, weights_only=True)
+    assert payload["format_version"] == PREDICTOR_VERSION == 2
+    payload.update(format_version=version, sampler=sampler)
+    torch.save(payload, path)
+    return path
+
+
+def test_a_version_1_predictor_for_amed_ipndm_reads_as_the_uneven_formula(tmp_path):
+    from amed_deploy.predictor_file import load_predictor
+
+    old = _predictor_file(tmp_path / "old.pt", _as_written_before(_plugin_sampler()), 1)
+    cfg = load_predictor(old).sampler
+    assert cfg.solver == "amed_ipndm_uneven" and cfg.max_order == 4 and cfg.solver_config.name == cfg.solver
+    assert cfg.t_steps == _plugin_sampler().t_steps
+    # a name whose formula did not change reads as it is; its old max_order is dropped (it takes none)
+    amed = _predictor_file(tmp_path / "amed.pt", _as_written_before(_plugin_sampler("amed")), 1)
+    assert load_predictor(amed).sampler == _plugin_sampler("amed")
+
+
+def test_a_current_predictor_for_amed_ipndm_stays_amed_ipndm(tmp_path):
+    from amed_deploy.predictor_file import load_predictor
+
+    path = tmp_path / "p.pt"
+    save_predictor(path, PredictorBundle(AMEDPredictor(PredictorConfig()), _plugin_sampler(), "t", "ab" * 32))
+    assert load_predictor(path).sampler == _plugin_sampler()
+    written_by_a_newer = _predictor_file(tmp_path / "new.pt", _plugin_sampler().to_dict(), 3)
+    with pytest.raises(AmedError, match="format version 3, from a newer amed-deploy"):
+        load_predictor(written_by_a_newer)
+
+
+def _graph_record(version: int, sampler: dict) -> dict:
+    d = GraphSpec("amed", "fp32", (3, 8, 8), 0, 1, 1, 1, sampler=_plugin_sampler()).to_dict()
+    d.update(format_version=version, sampler=sampler)
+    if version == 1:
+        del d["sigma_range"]
+    return d
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_version_2_graph_record_for_amed_ipndm_reads_as_the_uneven_formula(version):
+    spec = GraphSpec.from_dict(_graph_record(version, _as_written_before(_plugin_sampler())))
+    assert spec.sampler.solver == "amed_ipndm_uneven" and spec.sampler.max_order == 4
+    assert spec.to_dict()["format_version"] == FORMAT_VERSION == 3  # rewritten under its new name
+    assert GraphSpec.from_dict(spec.to_dict()) == spec
+
+
+def test_a_current_graph_record_for_amed_ipndm_stays_amed_ipndm():
+    spec = GraphSpec.from_dict(_graph_record(FORMAT_VERSION, _plugin_sampler().to_dict()))
+    assert spec.sampler == _plugin_sampler()
+
+
+def test_a_manifest_embedding_a_version_2_graph_record_reads_it_renamed(tmp_path):
+    plan = tmp_path / "engine.plan"
+    plan.write_bytes(os.urandom(64))
+    path = manifest_path_for(plan)
+    for version, solver in ((2, "amed_ipndm_uneven"), (FORMAT_VERSION, "amed_ipndm")):
+        sampler = _as_written_before(_plugin_sampler()) if version == 2 else _plugin_sampler().to_dict()
+        path.write_text(json.dumps(make_manifest(plan, graph=_graph_record(version, sampler)).to_dict()))
+        assert read_manifest(path).spec.sampler.solver == solver

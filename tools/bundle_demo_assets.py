@@ -4,7 +4,9 @@
 
 The predictors were distilled against the fp32 EMA checkpoint (`edm.pt`); the bundle ships its
 fp16 rounding (`edm-fp16.safetensors`, half the size), which is a (slightly) different model. Each
-predictor is re-bound to the bundled model: its model_sha256 and file sha256 become the bundled
+predictor is bundled as `<solver><NFE>.pt` after the solver its record names (a file written before
+#17 as amed_ipndm<N>.pt holds the formula now called amed_ipndm_uneven, and is bundled under that
+name), and re-bound to the bundled model: its model_sha256 and file sha256 become the bundled
 model's, and the originals are recorded under training["distilled_against_model_sha256"] /
 ["distilled_against_sha256"], so the binding stays honest and checkable. To only add model hashes
 to predictors already bound to a file, use tools/relabel_predictors.py.
@@ -26,7 +28,7 @@ from amed_deploy.predictor_file import load_predictor, save_predictor
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True, type=Path)
-    ap.add_argument("--predictors", required=True, type=Path, help="folder of amed{N}.pt / amed_ipndm{N}.pt")
+    ap.add_argument("--predictors", required=True, type=Path, help="folder of predictor files (amed*.pt)")
     args = ap.parse_args()
     shutil.copyfile(args.model, assets.MODEL)
     sha = file_sha256(assets.MODEL)
@@ -39,8 +41,11 @@ def main() -> None:
         if bundle.model_sha256 is not None and bundle.model_sha256 != model_hash:
             bundle.training["distilled_against_model_sha256"] = bundle.model_sha256
         bundle.model_sha256 = model_hash
-        save_predictor(assets.HERE / src.name, bundle)
-        print(f"bundled {src.name}: {bundle.sampler.solver} NFE {bundle.sampler.nfe}")
+        name = f"{bundle.sampler.solver}{bundle.sampler.nfe}.pt"
+        if name != src.name:
+            bundle.training["relabelled"] = f"{src.name} -> {name} (named after the solver its record names)"
+        save_predictor(assets.HERE / name, bundle)
+        print(f"bundled {src.name} as {name}: {bundle.sampler.solver} NFE {bundle.sampler.nfe}")
     print(
         f"bundled {assets.MODEL.name} ({assets.MODEL.stat().st_size / 1e6:.1f} MB, file sha256 {sha[:12]}..., "
         f"model sha256 {model_hash[:12]}...)"

@@ -1,5 +1,6 @@
 """Files bundled with the package: the demo model and its predictors, also reachable by short names
-(`fashion-mnist`, `amed5`, `amed_ipndm5`, ...) wherever a command takes a checkpoint or predictor."""
+(`fashion-mnist`, `amed5`, `amed_ipndm_uneven5`, ...) wherever a command takes a checkpoint or predictor.
+Each predictor file is named after the solver its record says it was distilled for."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ HERE = Path(__file__).parent
 MODEL = HERE / "fashion_mnist_edm.safetensors"
 NFES = (3, 5, 7, 9)
 PREDICTORS = {nfe: HERE / f"amed{nfe}.pt" for nfe in NFES}  # AMED-Solver
-PLUGIN_PREDICTORS = {nfe: HERE / f"amed_ipndm{nfe}.pt" for nfe in NFES}  # AMED-Plugin on iPNDM
+# AMED-Plugin on iPNDM with the uneven-grid weights (amed_ipndm_uneven; named amed_ipndm before #17)
+PLUGIN_PREDICTORS = {nfe: HERE / f"amed_ipndm_uneven{nfe}.pt" for nfe in NFES}
 MODEL_NAME = "fashion-mnist"
 
 

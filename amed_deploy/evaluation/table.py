@@ -25,7 +25,7 @@ from ..errors import AmedError
 from ..files import atomic_write_bytes
 from ..predictor_file import load_predictor
 from ..sampling import baseline_sampler
-from ..solvers import get_solver, make_schedule, nfe_for
+from ..solvers import display_name, get_solver, make_schedule, nfe_for, solver_names
 from .quality import ReferenceCache, fid_of, rmse_to_reference
 from .report import format_value
 
@@ -45,12 +45,25 @@ def baseline_afs(solver: str, nfe: int) -> bool:
     return get_solver(solver).evals_per_interval == 2 and nfe % 2 == 1
 
 
+def predictor_templates() -> list[str]:
+    """The default predictor file names: `<solver>{nfe}.pt` for every AMED solver (what `distill` writes)."""
+    return [f"{name}{{nfe}}.pt" for name in solver_names(uses_predictor=True)]
+
+
+def default_solvers(predictors: dict[tuple[str, int], Path]) -> list[str]:
+    """Every training-free solver, then the AMED solvers a predictor file was found for (registry order)."""
+    have = {solver for solver, _ in predictors}
+    return solver_names(uses_predictor=False) + [s for s in solver_names(uses_predictor=True) if s in have]
+
+
 def find_predictors(
     templates: Iterable[str], nfes: Iterable[int], folder: str | os.PathLike | None = None
 ) -> dict[tuple[str, int], Path]:
     """(solver, nfe) -> predictor file, from name templates with '{nfe}' (relative to `folder`).
 
-    Files that do not exist are left out; the solver is the one recorded in each file."""
+    Files that do not exist are left out; the solver is the one recorded in each file, whatever its name
+    says (a file named amed_ipndm5.pt by a version before #17 holds amed_ipndm_uneven). Two files for one
+    (solver, nfe) are refused: which one is measured must not depend on the order of the templates."""
     found: dict[tuple[str, int], Path] = {}
     for template in templates:
         if "{nfe}" not in template:
@@ -59,9 +72,25 @@ def find_predictors(
             path = Path(template.format(nfe=nfe))
             if folder is not None and not path.is_absolute():
                 path = Path(folder) / path
-            if path.is_file():
-                found[(load_predictor(path).sampler.solver, nfe)] = path
+            if not path.is_file():
+                continue
+            key = (load_predictor(path).sampler.solver, nfe)
+            if key in found and found[key].resolve() != path.resolve():
+                raise AmedError(
+                    f"two predictor files for {key[0]} NFE {nfe}: {found[key]} and {path}; "
+                    "pass --predictors naming one of them"
+                )
+            found[key] = path
     return found
+
+
+def _misnamed(solver: str, nfe: int, predictors: dict[tuple[str, int], Path]) -> str:
+    """Files found for this NFE whose name says `solver` but whose record says another solver."""
+    return "; ".join(
+        f"{path} was distilled for {other} ({display_name(other)}), not {solver}: the formulas differ"
+        for (other, found_nfe), path in predictors.items()
+        if found_nfe == nfe and other != solver and path.stem == f"{solver}{nfe}"
+    )
 
 
 @dataclass
@@ -107,11 +136,18 @@ def plan_cells(
             if spec.uses_predictor:
                 path = predictors.get((name, nfe))
                 if path is None:
-                    cells.append(Cell(name, nfe, note=f"no {name} predictor for NFE {nfe}"))
+                    why = _misnamed(name, nfe, predictors)
+                    cells.append(
+                        Cell(name, nfe, note=f"no {name} predictor for NFE {nfe}" + (f" ({why})" if why else ""))
+                    )
                     continue
                 bundle = load_predictor(path, model_sha256=checkpoint_sha256, allow_mismatch=allow_mismatch)
                 if bundle.sampler.nfe != nfe:
                     cells.append(Cell(name, nfe, note=f"{path} is for NFE {bundle.sampler.nfe}"))
+                    continue
+                if bundle.sampler.solver != name:  # a mapping not made by find_predictors
+                    note = f"{path} was distilled for {bundle.sampler.solver}, not {name}: the formulas differ"
+                    cells.append(Cell(name, nfe, note=note))
                     continue
                 net = AMEDNetwork(network.net, bundle.predictor.to(device), bundle.tap)
                 cells.append(Cell(name, nfe, bundle.sampler, net, str(path)))

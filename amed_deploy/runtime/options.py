@@ -55,6 +55,11 @@ OPTIONS = {
     "solver": Applies(flag="--solver"),
     "schedule": Applies(needs="solver", why="it chooses a training-free solver's time points"),
     "afs": Applies(needs="solver", why="it chooses a training-free solver's first step"),
+    "solver_options": Applies(
+        needs="solver",
+        why="they set a training-free solver's options",
+        flag="--max-order, --predict-x0/--predict-noise, --lower-order-final, --thresholding",
+    ),
 }
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -19,13 +19,13 @@ import torch
 from torch import Tensor
 
 from ..amed_network import graph_spec
-from ..config import DEFAULT_SCHEDULE, SamplerConfig, sigma_range
+from ..config import DEFAULT_SCHEDULE, SamplerConfig, refuse_other_formula, sigma_range, solver_options
 from ..devices import resolve_device
 from ..errors import AmedError, first_line
 from ..graph import DENOISED, LABELS, SIGMA, SIGMA_NEXT, A, C, R, X
 from ..metadata import GraphSpec
 from ..noise import as_int, make_inputs
-from ..solvers import Evaluation, canonical_solver, sample
+from ..solvers import Evaluation, SolverConfig, canonical_solver, get_solver, sample
 from .executor import CUDA_SETUP_LOCK, Executor
 from .options import ONNX, TENSORRT, backend_of, refuse_inapplicable
 
@@ -108,6 +108,7 @@ class Sampler:
         nfe: int | None = None,
         schedule: str | None = None,
         afs: bool | None = None,
+        solver_options: Mapping[str, object] | None = None,
         precision: str | None = None,
         cuda_graph: bool = False,
         ignore_checkpoint_mismatch: bool = False,
@@ -116,9 +117,11 @@ class Sampler:
     ) -> Sampler:
         """Open a `.plan` (TensorRT + manifest), an `.onnx` (ONNX Runtime), or a checkpoint
         (`.pt`/`.safetensors`/`.pkl`, PyTorch, with `predictor` for AMED). `solver`/`nfe` (and
-        `schedule`, `afs`) choose a training-free solver on a plain denoiser; an AMED graph fixes its
-        own. A checkpoint runs in `precision` fp32 (default), fp16 or bf16, with `compile` through
-        torch.compile; `provider_options` tune an `.onnx` file's ONNX Runtime CUDA provider.
+        `schedule`, `afs` and `solver_options`, its reference's max_order, predict_x0, lower_order_final,
+        thresholding) choose a training-free solver on a plain denoiser; an AMED graph fixes its own
+        (`solver` may name it, with the same settings, as a check). A checkpoint runs in `precision` fp32
+        (default), fp16 or bf16, with `compile` through torch.compile; `provider_options` tune an `.onnx`
+        file's ONNX Runtime CUDA provider.
         An option that does not apply to the file or device is refused, never ignored (`runtime.options`)."""
         path = Path(path)
         dev = resolve_device(device)
@@ -139,6 +142,7 @@ class Sampler:
             solver=solver,
             schedule=schedule,
             afs=afs,
+            solver_options=solver_options,
         )
         if backend is ONNX:
             from .onnx_executor import OnnxExecutor
@@ -153,10 +157,11 @@ class Sampler:
         else:
             executor = _open_checkpoint(
                 path, predictor, 1 if batch is None else batch, dev, precision or "fp32", solver, nfe,
-                schedule or DEFAULT_SCHEDULE, bool(afs),
+                schedule or DEFAULT_SCHEDULE, bool(afs), solver_options,
                 ignore_checkpoint_mismatch, compile,
             )  # fmt: skip
-        return cls(executor, resolve_sampler(executor.spec, solver, nfe, schedule, afs), cuda_graph=cuda_graph)
+        config = resolve_sampler(executor.spec, solver, nfe, schedule, afs, solver_options)
+        return cls(executor, config, cuda_graph=cuda_graph)
 
     def sample(
         self, seed: int = 0, classes: int | Sequence[int] | None = None, noise: Tensor | None = None
@@ -231,12 +236,21 @@ def capture_graph(fn: Callable[[], T], device: torch.device) -> tuple[torch.cuda
 
 
 def resolve_sampler(
-    spec: GraphSpec, solver: str | None, nfe: int | None, schedule: str | None = None, afs: bool | None = None
+    spec: GraphSpec,
+    solver: str | None,
+    nfe: int | None,
+    schedule: str | None = None,
+    afs: bool | None = None,
+    options: Mapping[str, object] | None = None,
 ) -> SamplerConfig:
     """The graph's own configuration, or a training-free solver run on its denoiser output over the
-    graph's recorded sigma range (so every executor gets the same time points)."""
+    graph's recorded sigma range (so every executor gets the same time points). `options` are the
+    solver's (max_order, predict_x0, lower_order_final, thresholding); for the graph's own solver they
+    must be the recorded ones, since its predictor was distilled for that formula."""
     own = spec.sampler
-    if solver is None or (own is not None and canonical_solver(solver) == own.solver):
+    given = solver_options(options)
+    name = None if solver is None else canonical_solver(solver)
+    if name is None or (own is not None and name == own.solver):
         if own is None:
             raise AmedError("this graph has no AMED predictor: choose a solver and NFE (e.g. --solver ipndm --nfe 5)")
         if nfe is not None and nfe != own.nfe:
@@ -244,33 +258,40 @@ def resolve_sampler(
                 f"this graph was exported for NFE {own.nfe} ({own.solver}), not NFE {nfe}: "
                 "distil and export a predictor for that NFE"
             )
-        for name, given, fixed in (("schedule", schedule, own.schedule), ("afs", afs, own.afs)):
-            if given is not None and given != fixed:
+        SolverConfig(own.solver, own.afs, **given)  # an option its solver does not take: the registry's error
+        fixed_by_export = [("schedule", schedule, own.schedule), ("afs", afs, own.afs)]
+        fixed_by_export += [(option, value, getattr(own, option)) for option, value in given.items()]
+        for option, value, fixed in fixed_by_export:
+            if value is not None and value != fixed:
                 raise AmedError(
-                    f"this graph's {own.solver} sampler was exported with {name} {fixed}, not {given}: "
-                    "its predictor was distilled for those time points"
+                    f"this graph's {own.solver} sampler was exported with {option} {fixed}, not {value}: "
+                    f"its predictor was distilled for {'that formula' if option in given else 'those time points'}"
                 )
         return own
+    if get_solver(name).uses_predictor:
+        if spec.kind == "amed" and own is not None:
+            refuse_other_formula(own.solver, name)
+        raise AmedError(
+            f"solver {name} needs a predictor distilled for it (amed-deploy distill --student {name}); "
+            "this graph has none"
+        )
     if nfe is None:
         raise AmedError(f"--nfe is needed with --solver {solver}")
-    cfg = SamplerConfig.create(solver, nfe, schedule or DEFAULT_SCHEDULE, spec.sigma_range, bool(afs))
-    if cfg.solver_config.uses_predictor:
-        raise AmedError(
-            f"solver {cfg.solver} needs a predictor distilled for it; this graph has "
-            + (f"one for {own.solver}" if spec.kind == "amed" and own else "none")
-        )
-    return cfg
+    return SamplerConfig.create(name, nfe, schedule or DEFAULT_SCHEDULE, spec.sigma_range, bool(afs), options=given)
 
 
-def _open_checkpoint(path, predictor, batch, dev, precision, solver, nfe, schedule, afs, mismatch, compile) -> Executor:
+def _open_checkpoint(
+    path, predictor, batch, dev, precision, solver, nfe, schedule, afs, options, mismatch, compile
+) -> Executor:
     """Load the checkpoint (+ predictor), describe it as the graph it would export to, and open it."""
     from ..sampling import load_model
     from .torch_executor import TorchExecutor
 
     loaded = load_model(path, predictor, allow_mismatch=mismatch)
     own = loaded.bundle.sampler if loaded.bundle else None
-    if own is None and solver is not None and nfe is not None:
-        own = SamplerConfig.create(solver, nfe, schedule, sigma_range(loaded.network.net), afs)
+    if own is None and solver is not None and nfe is not None and not get_solver(solver).uses_predictor:
+        sigmas = sigma_range(loaded.network.net)
+        own = SamplerConfig.create(solver, nfe, schedule, sigmas, afs, options=solver_options(options))
     spec = graph_spec(loaded.network, own, precision, batch, checkpoint_sha256=loaded.checkpoint_sha256)
     return TorchExecutor.open(loaded.network, batch, dev, spec=spec, compile=compile)
 
