@@ -26,10 +26,10 @@ distill)
 eval)
   cp -n amed_deploy/assets/amed*.pt "$work/pred/"
   $cli eval --ckpt fashion-mnist --data "$3" --inception "$4" \
-    --solvers ipndm,lms,dpmpp2m,dpmpp3m,dpmpp3m_exact,amed,amed_dpm2,amed_ipndm,amed_ipndm_uneven,amed_dpmpp \
+    --solvers amed_ipndm,amed_ipndm_uneven,dpmpp3m,dpmpp3m_exact,amed_dpmpp,lms,dpmpp2m,amed_dpm2,ipndm,amed \
     --nfe 3,5,7,9 --predictor-dir "$work/pred" \
     --predictors "amed{nfe}.pt,amed_dpm2{nfe}.pt,amed_ipndm{nfe}.pt,amed_ipndm_uneven{nfe}.pt,amed_dpmpp{nfe}.pt" \
-    --num 10000 --batch 1000 --fd-method eigh --resume --device cuda \
+    --num 10000 --batch 1000 --fd-method eigh --device cuda \
     --stats-cache "$work/train-stats.npz" --out "$work/variants.json" --markdown "$work/variants.md" --force
   ;;
 *)

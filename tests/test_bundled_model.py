@@ -25,7 +25,8 @@ def test_bundle_is_small_and_predictors_are_bound_to_it():
     from amed_deploy.checkpoint.load import load_checkpoint
 
     sha = model_sha256(load_checkpoint(assets.MODEL))
-    for solver, files in (("amed", assets.PREDICTORS), ("amed_ipndm_uneven", assets.PLUGIN_PREDICTORS)):
+    assert set(assets.BUNDLED) == {"amed", "amed_ipndm_uneven", "amed_ipndm", "amed_dpmpp"}
+    for solver, files in assets.BUNDLED.items():
         for nfe, path in files.items():
             bundle = load_predictor(path, model_sha256=sha)  # refuses a mismatch
             assert bundle.sampler.nfe == nfe and bundle.sampler.solver == solver

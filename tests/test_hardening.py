@@ -308,7 +308,7 @@ def test_bundled_predictor_follows_the_model_not_the_file(tmp_path):
     save_checkpoint(load_checkpoint(assets.MODEL), converted, dtype="fp32")
     ckpt = load_checkpoint(converted)
     assert file_sha256(converted) != file_sha256(assets.MODEL)
-    for path in (*assets.PREDICTORS.values(), *assets.PLUGIN_PREDICTORS.values()):
+    for path in (p for by_nfe in assets.BUNDLED.values() for p in by_nfe.values()):
         bundle = load_predictor(path, model_sha256=model_sha256(ckpt), checkpoint_sha256=file_sha256(converted))
         assert bundle.model_sha256 == model_sha256(ckpt)
         assert bundle.checkpoint_sha256 == file_sha256(assets.MODEL)  # provenance kept

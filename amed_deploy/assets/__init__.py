@@ -9,16 +9,20 @@ from pathlib import Path
 HERE = Path(__file__).parent
 MODEL = HERE / "fashion_mnist_edm.safetensors"
 NFES = (3, 5, 7, 9)
-PREDICTORS = {nfe: HERE / f"amed{nfe}.pt" for nfe in NFES}  # AMED-Solver
-# AMED-Plugin on iPNDM with the uneven-grid weights (amed_ipndm_uneven; named amed_ipndm before #17)
-PLUGIN_PREDICTORS = {nfe: HERE / f"amed_ipndm_uneven{nfe}.pt" for nfe in NFES}
+# the solvers with bundled predictors, one file per NFE: the AMED-Solver, the AMED-Plugin on iPNDM with
+# uneven-grid weights (named amed_ipndm before the published formula took that name), the published
+# AMED-Plugin on iPNDM and on DPM-Solver++ (docs/RESULTS.md compares them)
+BUNDLED_SOLVERS = ("amed", "amed_ipndm_uneven", "amed_ipndm", "amed_dpmpp")
+BUNDLED = {solver: {nfe: HERE / f"{solver}{nfe}.pt" for nfe in NFES} for solver in BUNDLED_SOLVERS}
+PREDICTORS = BUNDLED["amed"]  # the demo's
+PLUGIN_PREDICTORS = BUNDLED["amed_ipndm_uneven"]
 MODEL_NAME = "fashion-mnist"
 
 
 def names() -> dict[str, Path]:
     """Short name -> bundled file, model first."""
     files = {MODEL_NAME: MODEL}
-    files.update({p.stem: p for p in (*PREDICTORS.values(), *PLUGIN_PREDICTORS.values())})
+    files.update({p.stem: p for by_nfe in BUNDLED.values() for p in by_nfe.values()})
     return files
 
 
