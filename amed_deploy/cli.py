@@ -377,6 +377,20 @@ def models() -> None:
         click.echo(f"  {'':<{width}} {path}")
 
 
+@main.command()
+def solvers() -> None:
+    """List every solver: its name, what it costs, the options it takes and the implementation it follows."""
+    from amed_deploy.solvers import SOLVERS
+
+    for spec in SOLVERS.values():
+        aliases = f" (also {', '.join(spec.aliases)})" if spec.aliases else ""
+        needs = ", needs a predictor" if spec.uses_predictor else ""
+        click.echo(f"{spec.name}{aliases}: {spec.display_name}; {spec.evals_per_interval} NFE per interval{needs}")
+        options = ", ".join(f"{k} {'as predict_x0' if v is None else v}" for k, v in spec.options.items())
+        source = spec.reference if spec.reference.startswith("ours:") else f"follows {spec.reference}"
+        click.echo(f"    {source}" + (f"; options: {options}" if options else ""))
+
+
 def _graph_lines(spec, extra: list[str]) -> list[str]:
     cfg = spec.sampler
     lines = [f"kind:         {spec.kind}" + (" (network + tap + g_phi)" if spec.kind == "amed" else " (network only)")]

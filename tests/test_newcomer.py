@@ -29,6 +29,21 @@ def test_models_lists_every_bundled_file_by_a_name_that_resolves():
     assert "amed NFE 5" in res.output and "amed_ipndm_uneven NFE 9" in res.output
 
 
+def test_solvers_lists_every_solver_with_its_reference_in_the_cli_and_the_readme():
+    from pathlib import Path
+
+    from amed_deploy.solvers import SOLVERS
+
+    res = CliRunner().invoke(main, ["solvers"])
+    assert res.exit_code == 0, res.output
+    readme = Path(__file__).resolve().parents[1].joinpath("README.md").read_text()
+    table = readme.split("## Solvers", 1)[1].split("\n## ", 1)[0]
+    for spec in SOLVERS.values():
+        assert f"{spec.name}" in res.output and spec.reference.removeprefix("ours: ") in res.output
+        assert f"`{spec.name}`" in table  # the README's solver table names it too
+    assert "amed_ipndm_uneven: AMED-Plugin (iPNDM), uneven-grid weights" in res.output
+
+
 def test_an_existing_file_wins_over_a_bundled_name(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "amed5").write_bytes(b"mine")
