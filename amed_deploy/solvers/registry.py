@@ -126,7 +126,7 @@ SOLVERS = _table(
         multistep=True,
         aliases=("dpm-solver++2m",),
         options=_dpmpp_options(2),
-        step=steps.dpmpp2m,
+        step=steps.dpmpp,
     ),
     Solver(
         name="dpmpp3m",
@@ -136,7 +136,7 @@ SOLVERS = _table(
         multistep=True,
         aliases=("dpm-solver++3m",),
         options=_dpmpp_options(3),
-        step=steps.dpmpp3m,
+        step=steps.dpmpp,
     ),
     Solver(
         name="dpmpp3m_exact",

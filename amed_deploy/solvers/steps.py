@@ -219,13 +219,8 @@ def lms(iv: Interval) -> Tensor:
     return x_next
 
 
-def dpmpp2m(iv: Interval) -> Tensor:
-    """diff-sampler `dpm_pp_sampler` with max_order = 2."""
-    return _dpmpp(iv, third_weight=1.0)
-
-
-def dpmpp3m(iv: Interval) -> Tensor:
-    """diff-sampler `dpm_pp_sampler` with max_order = 3 (second difference weighted by phi_3)."""
+def dpmpp(iv: Interval) -> Tensor:
+    """diff-sampler `dpm_pp_sampler`; its max_order (2 for DPM-Solver++(2M), 3 for 3M) comes from the config."""
     return _dpmpp(iv, third_weight=1.0)
 
 
