@@ -18,6 +18,7 @@ from click.core import ParameterSource
 
 from amed_deploy import __version__
 from amed_deploy.config import DEFAULT_SCHEDULE
+from amed_deploy.config import solver_options as solver_options_given
 from amed_deploy.errors import AmedError
 from amed_deploy.outputs import CHECKPOINT_SUFFIXES, IMAGE_FORMATS, check_suffix, plan_outputs
 
@@ -209,12 +210,6 @@ def _solver_options(f):
     for option in reversed(options):
         f = option(f)
     return f
-
-
-def _given_options(**options: Any) -> dict[str, Any] | None:
-    """The solver options the user passed (None: none, so the reference's defaults)."""
-    given = {name: value for name, value in options.items() if value is not None}
-    return given or None
 
 
 def _bundled(ctx: click.Context, param: click.Parameter, value: Any) -> Path | None:
@@ -593,7 +588,7 @@ def sample(
     from amed_deploy.sampling import baseline_sampler, load_model, reference_sample
     from amed_deploy.solvers import SolverConfig, get_solver
 
-    options = _given_options(**solver_options) or {}
+    options = solver_options_given(solver_options)
     plugin = solver is not None and get_solver(solver).uses_predictor
     if predictor is not None and solver is not None and not plugin:
         raise AmedError("pass either --predictor (AMED) or --solver NAME --nfe N, not both")
@@ -924,7 +919,7 @@ def run(
         predictor=predictor,
         solver=solver,
         nfe=nfe,
-        solver_options=_given_options(**solver_options),
+        solver_options=solver_options_given(solver_options) or None,
         cuda_graph=cuda_graph,
         ignore_checkpoint_mismatch=mismatch,
     )
