@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from . import __version__
 from .config import SamplerConfig, sigma_range
+from .epd_table import EPDRow, EPDTable
 from .errors import AmedError
 from .graph import PRECISION_DTYPES
 from .metadata import GraphSpec
@@ -46,14 +47,20 @@ def check_tap(net: nn.Module, tap: str) -> str:
 
 class AMEDNetwork(nn.Module):
     """forward(x, sigma, sigma_next, class_labels) -> (denoised, r, c, a), or (denoised,) without a
-    predictor. The feature is taken from the same U-Net pass and detached: gradients reach g_phi only
-    through its own parameters and through the network's inputs (x_s and a*s), never into the U-Net."""
+    predictor or with an EPD table (which the solver reads through TorchModel.epd_row). The feature is
+    taken from the same U-Net pass and detached: gradients reach g_phi only through its own parameters
+    and through the network's inputs (x_s and a*s), never into the U-Net."""
 
-    def __init__(self, net: nn.Module, predictor: AMEDPredictor | None = None, tap: str | None = None):
+    def __init__(self, net: nn.Module, predictor: AMEDPredictor | EPDTable | None = None, tap: str | None = None):
         super().__init__()
         self.net = net
         self.predictor = predictor
-        self.tap = None if predictor is None else check_tap(net, tap or default_tap(net))
+        self.tap = None if predictor is None or self.epd else check_tap(net, tap or default_tap(net))
+
+    @property
+    def epd(self) -> bool:
+        """The predictor is an EPD table: input-independent, so the network runs as a plain denoiser."""
+        return isinstance(self.predictor, EPDTable)
 
     @property
     def label_dim(self) -> int:
@@ -62,7 +69,7 @@ class AMEDNetwork(nn.Module):
     def forward(
         self, x: Tensor, sigma: Tensor, sigma_next: Tensor, class_labels: Tensor | None = None
     ) -> tuple[Tensor, ...]:
-        if self.predictor is None:
+        if self.predictor is None or self.epd:
             return (self.net(x, sigma, class_labels),)
         denoised, (feature,) = self.net(x, sigma, class_labels, taps=(self.tap,))
         r, c, a = self.predictor(feature.detach(), sigma, sigma_next)
@@ -91,7 +98,7 @@ class DeployModule(nn.Module):
 
 def afs_constants(network: AMEDNetwork, sampler: SamplerConfig | None) -> tuple[float, float, float] | None:
     """g_phi on a zero feature for the first interval after AFS: fixed by the times, so computed once."""
-    if network.predictor is None or sampler is None or not sampler.afs:
+    if network.predictor is None or network.epd or sampler is None or not sampler.afs:
         return None
     device = next(network.predictor.parameters()).device
     t = torch.tensor([sampler.t_steps[0]], device=device)
@@ -117,6 +124,10 @@ def graph_spec(
         raise AmedError(f"need 1 <= min batch <= batch <= max batch, got {lo} <= {batch} <= {hi}")
     if network.predictor is not None and sampler is None:
         raise AmedError("an AMED graph needs its sampler configuration")
+    epd = None
+    if network.epd:
+        epd = network.predictor.params().values()
+        hi *= network.predictor.config.points  # the parallel call of a batch of hi samples has K * hi
     # live U-Net activations per sample, for the memory check before allocating (no forward pass): every
     # block output in fp32, twice (skips kept for the decoder, plus the working tensors)
     try:
@@ -125,7 +136,7 @@ def graph_spec(
     except AmedError:  # a network without taps: the memory check counts buffers only
         activations = {}
     return GraphSpec(
-        kind="amed" if network.predictor is not None else "denoiser",
+        kind="denoiser" if network.predictor is None else "epd" if network.epd else "amed",
         precision=precision,
         image_shape=image_shape(net),
         sigma_range=sigma_range(net),
@@ -135,6 +146,7 @@ def graph_spec(
         batch_max=hi,
         sampler=sampler,
         afs_rca=afs_constants(network, sampler),
+        epd=epd,
         tap=network.tap,
         checkpoint_sha256=checkpoint_sha256,
         predictor_sha256=predictor_sha256,
@@ -158,8 +170,19 @@ class TorchModel:
         out = self.network(x, sigma, sigma_next, self.labels)
         return Evaluation(*out)
 
+    def denoise_points(self, x: Tensor, sigma: Tensor) -> Tensor:
+        labels = self.labels
+        if labels is not None:  # sample-major: sample b's K points are adjacent, so is its label
+            labels = labels.repeat_interleave(x.shape[0] // labels.shape[0], dim=0)
+        return self.network(x, sigma, sigma, labels)[0]
+
+    def epd_row(self, n: int) -> EPDRow:
+        if not self.network.epd:
+            raise AmedError("this network has no EPD table")
+        return self.network.predictor.row(n)
+
     def predict_without_feature(self, sigma: Tensor, sigma_next: Tensor) -> Evaluation:
-        if self.network.predictor is None:
+        if self.network.predictor is None or self.network.epd:
             raise AmedError("this network has no AMED predictor")
         r, c, a = self.network.predictor(None, sigma, sigma_next)
         return Evaluation(torch.empty(0, device=sigma.device), r, c, a)

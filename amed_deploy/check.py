@@ -128,6 +128,10 @@ def check_graph_source(
     nothing. `loaded` is a `sampling.LoadedModel`; the graph's recorded hashes are checked where present."""
     if spec.kind == "amed" and predictor_sha256 is None:
         raise AmedError(f"{onnx_path} is an AMED graph (network + g_phi): pass the --predictor it was exported with")
+    if spec.kind == "epd" and predictor_sha256 is None:
+        raise AmedError(
+            f"{onnx_path} is an EPD graph (its table in the metadata): pass the --predictor it was exported with"
+        )
     if spec.kind == "denoiser" and predictor_sha256 is not None:
         raise AmedError(f"{onnx_path} is a plain denoiser graph (no g_phi): drop --predictor")
     if spec.checkpoint_sha256 is not None and spec.checkpoint_sha256 != loaded.checkpoint_sha256:

@@ -163,7 +163,7 @@ def _student_help() -> str:
     from amed_deploy.solvers.registry import SOLVERS
 
     formulas = "; ".join(f"{s.name} = {s.display_name}" for s in SOLVERS.values() if s.uses_predictor)
-    return f"The AMED solver to distil for, i.e. the formula the predictor will run: {formulas}."
+    return f"The learned solver to distil for, i.e. the formula the predictor will run: {formulas}."
 
 
 def _option_takers(option: str) -> str:
@@ -380,7 +380,13 @@ def solvers() -> None:
     for spec in SOLVERS.values():
         aliases = f" (also {', '.join(spec.aliases)})" if spec.aliases else ""
         needs = ", needs a predictor" if spec.uses_predictor else ""
-        click.echo(f"{spec.name}{aliases}: {spec.display_name}; {spec.evals_per_interval} NFE per interval{needs}")
+        cost = f"{spec.evals_per_interval} NFE per interval"
+        if spec.parallel_points > 1:
+            cost += (
+                f" (parallel NFE: the second call evaluates {spec.parallel_points} points at once, "
+                f"{spec.evaluations_per_interval} evaluations in all)"
+            )
+        click.echo(f"{spec.name}{aliases}: {spec.display_name}; {cost}{needs}")
         options = ", ".join(f"{k} {'as predict_x0' if v is None else v}" for k, v in spec.options.items())
         source = spec.reference if spec.reference.startswith("ours:") else f"follows {spec.reference}"
         click.echo(f"    {source}" + (f"; options: {options}" if options else ""))
@@ -388,7 +394,8 @@ def solvers() -> None:
 
 def _graph_lines(spec, extra: list[str]) -> list[str]:
     cfg = spec.sampler
-    lines = [f"kind:         {spec.kind}" + (" (network + tap + g_phi)" if spec.kind == "amed" else " (network only)")]
+    parts = {"amed": " (network + tap + g_phi)", "epd": " (network only; the EPD table is in the metadata)"}
+    lines = [f"kind:         {spec.kind}" + parts.get(spec.kind, " (network only)")]
     if cfg is not None:
         lines.append(
             f"sampler:      {cfg.solver}, NFE {cfg.nfe}, {cfg.num_points} time points ({cfg.schedule}"
@@ -494,17 +501,32 @@ def info(path: Path, as_json: bool) -> None:
 )
 @click.option("--rho", type=POSITIVE, default=None, help="Schedule exponent [default: 1 time_uniform, 7 polynomial].")
 @click.option("--afs/--no-afs", default=True, show_default=True, help="Analytical first step (saves one NFE).")
-@click.option("--teacher", default="ipndm", show_default=True, help="Teacher solver.")
+@click.option("--teacher", default=None, help="Teacher solver [default: by student, see below].")
 @click.option(
-    "--teacher-m", default=5, show_default=True, type=click.IntRange(0, 100), help="Extra teacher points per interval."
+    "--teacher-m", default=None, type=click.IntRange(0, 100), help="Extra teacher points per interval [by student]."
 )
-@click.option("--scale-dir", default=0.01, show_default=True, type=NON_NEGATIVE, help="Range of c: 1 +- scale_dir.")
-@click.option("--scale-time", default=0.0, show_default=True, type=NON_NEGATIVE, help="Range of a: 1 +- scale_time.")
-@click.option("--batch", default=128, show_default=True, type=BATCH, help="Trajectories per optimiser step.")
+@click.option(
+    "--teacher-inner",
+    default=None,
+    type=click.IntRange(1, 16),
+    help="Sub-steps per teacher interval, rho = 7 between its ends [by student].",
+)
+@click.option("--scale-dir", default=None, type=NON_NEGATIVE, help="Range of c: 1 +- scale_dir [by student].")
+@click.option("--scale-time", default=None, type=NON_NEGATIVE, help="Range of a: 1 +- scale_time [by student].")
+@click.option("--batch", default=None, type=BATCH, help="Trajectories per optimiser step [by student].")
 @click.option("--kimg", default=10.0, show_default=True, type=POSITIVE, help="Thousands of training trajectories.")
-@click.option("--lr", default=5e-3, show_default=True, type=POSITIVE, help="Adam learning rate.")
+@click.option("--lr", default=None, type=POSITIVE, help="Adam learning rate [by student].")
+@click.option(
+    "--lr-final", default=None, type=NON_NEGATIVE, help="Cosine-anneal the rate to this value [by student; AMED: none]."
+)
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**40))
-@click.option("--tap", default=None, help="U-Net feature for g_phi [default: last 8x8 encoder block].")
+@click.option("--tap", default=None, help="U-Net feature for g_phi [default: last 8x8 encoder block; not EPD].")
+@click.option(
+    "--inception",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="EPD students: the FID Inception-v3 TorchScript file; the last interval then learns EPD's feature loss "
+    "(without it, the squared error).",
+)
 @click.option(
     "--minutes",
     type=POSITIVE,
@@ -513,14 +535,26 @@ def info(path: Path, as_json: bool) -> None:
 )
 @_force_option
 @_device_option
-def distill(ckpt: Path, nfe: int, out: Path | None, force: bool, device, minutes: float | None, **options: Any) -> None:
-    """Train the AMED predictor g_phi for a fixed NFE budget against a teacher solver.
+def distill(
+    ckpt: Path,
+    nfe: int,
+    out: Path | None,
+    force: bool,
+    device,
+    minutes: float | None,
+    inception: Path | None,
+    **options: Any,
+) -> None:
+    """Train a learned solver's predictor for a fixed NFE budget against a teacher solver.
 
-    Defaults follow the AMED-Solver recipe (time_uniform schedule, AFS, scale_dir 0.01, Adam lr 5e-3,
-    10k trajectories) except the teacher: iPNDM with 5 extra points per interval, far more accurate
-    than the paper's Heun with M=1 (--teacher heun --teacher-m 1 gives the paper's recipe). On a CPU
-    the full 10 kimg takes hours: the projected time is printed after the first batch, and --minutes
-    (or a smaller --kimg) bounds it."""
+    AMED students (g_phi) default to the AMED-Solver recipe (time_uniform schedule, AFS, scale_dir 0.01,
+    Adam lr 5e-3, batch 128, 10k trajectories) except the teacher: iPNDM with 5 extra points per interval,
+    far more accurate than the paper's Heun with M=1 (--teacher heun --teacher-m 1 gives the paper's
+    recipe). EPD students (epd, epd_ipndm: a per-interval table) default to the released EPD runs: Heun
+    (EPD-Solver) or DPM-Solver-2 (EPD-Plugin) teacher with M=3 and 2 inner sub-steps, scale_dir 0.05,
+    scale_time 0.05 (plugin 0.2), lr 0.2 cosine-annealed to 0.01, batch 32 (plugin 16), and with
+    --inception EPD's Inception-feature loss on the last interval. On a CPU the full 10 kimg takes hours:
+    the projected time is printed after the first batch, and --minutes (or a smaller --kimg) bounds it."""
     from tqdm.auto import tqdm
 
     from amed_deploy.distill import DistillConfig, distill_predictor
@@ -531,8 +565,15 @@ def distill(ckpt: Path, nfe: int, out: Path | None, force: bool, device, minutes
 
     out = out or Path(f"{canonical_solver(options['student'])}{nfe}.pt")
     check_suffix(out, (".pt",), "--out")
-    plan_outputs({"--out": out}, [ckpt], force)
-    cfg = DistillConfig(nfe=nfe, **options)
+    plan_outputs({"--out": out}, [ckpt, *([inception] if inception else [])], force)
+    cfg = DistillConfig.for_student(nfe=nfe, **options)
+    if inception is not None and not cfg.epd:
+        raise AmedError("--inception is EPD's feature loss; AMED students learn from the squared error")
+    network = None
+    if inception is not None:
+        from amed_deploy.fid import load_inception
+
+        network = load_inception(inception, _resolve_device(device))
     loaded = load_model(ckpt)
     bundle = distill_predictor(
         loaded.network.net,
@@ -542,10 +583,12 @@ def distill(ckpt: Path, nfe: int, out: Path | None, force: bool, device, minutes
         minutes=minutes,
         on_estimate=lambda text: tqdm.write(text, file=sys.stderr),  # above the progress bar, not inside it
         model_sha256=loaded.checkpoint_sha256,
+        inception=network,
     )
     save_predictor(out, bundle, overwrite=force)
     sampler, summary = bundle.sampler, bundle.training
-    click.echo(f"wrote {out}: {sampler.solver} NFE {sampler.nfe}, N={sampler.num_points}, tap {bundle.tap}")
+    reads = f"tap {bundle.tap}" if bundle.tap else f"EPD table of {sampler.num_points - 1} intervals"
+    click.echo(f"wrote {out}: {sampler.solver} NFE {sampler.nfe}, N={sampler.num_points}, {reads}")
     if summary["kimg_trained"] < cfg.kimg:
         click.echo(f"  trained {summary['kimg_trained']:.3g} of {cfg.kimg:g} kimg (--minutes {minutes:g})")
     line = f"  held-out RMSE to the teacher: {summary['held_out_rmse']:.4g}"
@@ -690,7 +733,9 @@ def export(
         target=target,
     )
     spec = result.spec
-    what = f"AMED {spec.sampler.solver} NFE {spec.sampler.nfe}" if spec.kind == "amed" else "denoiser"
+    what = (
+        f"{spec.kind.upper()} {spec.sampler.solver} NFE {spec.sampler.nfe}" if spec.kind != "denoiser" else "denoiser"
+    )
     click.echo(f"wrote {out}: {what}, {precision}, target {target}, batch {spec.batch_min}..{spec.batch_max}")
     checked = "" if target == "portable" else " (of the fp32 graph before ONNX Runtime's rewrite)"
     click.echo(
@@ -806,7 +851,8 @@ def check(ctx, onnx_path, ckpt, predictor, engine, batch, seed, json_out, force,
             f"no backend on this machine can run {onnx_path}: " + "; ".join(f"{r.name}: {r.reason}" for r in results)
         )
 
-    what = f"AMED {spec.sampler.solver} NFE {spec.sampler.nfe}" if spec.kind == "amed" and spec.sampler else spec.kind
+    learned = spec.kind != "denoiser" and spec.sampler
+    what = f"{spec.kind.upper()} {spec.sampler.solver} NFE {spec.sampler.nfe}" if learned else spec.kind
     click.echo(
         f"{onnx_path}: {what}, {spec.precision}, target {spec.target}; batch {batch}, seeds {seeds[0]}, {seeds[1]}; "
         "reference: PyTorch fp32 on the CPU"

@@ -144,7 +144,11 @@ def preprocess(images_uint8: Tensor, resize: str = "tf", input_scale: str = "tf"
         raise AmedError(f"expected 1 or 3 channels, got {images_uint8.shape[1]}")
     if resize not in RESIZE_MODES:
         raise AmedError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
-    x = images_uint8.float()
+    return _network_input(images_uint8.float(), resize, input_scale)
+
+
+def _network_input(x: Tensor, resize: str, input_scale: str) -> Tensor:
+    """Float images on the 0..255 scale [B,C,H,W] -> the network's input [B,3,299,299] (differentiable)."""
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)
     if x.shape[-2:] != (INCEPTION_SIZE, INCEPTION_SIZE):
@@ -158,6 +162,14 @@ def preprocess(images_uint8: Tensor, resize: str = "tf", input_scale: str = "tf"
     if input_scale == "uint8":
         return x
     raise AmedError(f"input_scale must be uint8 or tf, got {input_scale!r}")
+
+
+def differentiable_features(x: Tensor, net: Inception, resize: str = "tf") -> Tensor:
+    """Pool features [B, D] of model-space images (about [-1, 1]) with gradients, for a feature loss:
+    mapped to 0..255 as x * 127.5 + 128 and clipped (EPD's training loss does exactly this), not
+    quantised."""
+    pixels = (x * 127.5 + 128).clamp(0, 255)
+    return _call(net, _network_input(pixels, resize, net.input_scale)).reshape(x.shape[0], -1)
 
 
 def _call(net: Inception, x: Tensor) -> Tensor:

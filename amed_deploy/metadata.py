@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .config import EDM_SIGMA_RANGE, MAX_SIGMA, SamplerConfig
+from .epd_table import check_values
 from .errors import AmedError, short_repr
 from .fields import (
     FieldError,
@@ -22,14 +23,16 @@ from .fields import (
     strict_str,
 )
 from .records import check_stamp, stamp
+from .solvers import get_solver
 
 METADATA_KEY = "amed_deploy"
 FORMAT = "amed-deploy/graph"
 # 2: sigma_range recorded in every graph (version 1 records read as their readers did); 3: the sampler's
 # solver name means the published formula of that name (#17): a version <= 2 record's name is read through
 # RENAMED_FORMULAS ("amed_ipndm" then was today's "amed_ipndm_uneven")
-FORMAT_VERSION = 3
-KINDS = ("amed", "denoiser")
+# 4: kind "epd" (a denoiser graph whose EPD table is in `epd`)
+FORMAT_VERSION = 4
+KINDS = ("amed", "epd", "denoiser")
 PRECISIONS = ("fp32", "fp16", "bf16")  # bf16: the PyTorch executor only (exporters refuse it)
 # What a graph was exported for: standard ONNX that any runtime (TensorRT 10/11 too) parses, or a graph
 # rewritten with ONNX Runtime's contrib ops, which only ONNX Runtime's CUDA provider runs.
@@ -46,10 +49,13 @@ MAX_ACTIVATION_BYTES = 2**40  # network["activation_bytes_per_sample"]: 1 TiB pe
 
 @dataclass(frozen=True)
 class GraphSpec:
-    """What a graph is. kind 'amed': outputs denoised + r, c, a; kind 'denoiser': denoised only.
+    """What a graph is. kind 'amed': outputs denoised + r, c, a; kinds 'epd' and 'denoiser': denoised only.
 
     afs_rca is the predictor's (r, c, a) on a zero feature for the first interval after an analytical
-    first step: it depends only on the fixed times, so it is computed once at export time."""
+    first step: it depends only on the fixed times, so it is computed once at export time. `epd` is an
+    EPD sampler's whole learned table ([interval][point] -> [r, weight, c, a], `epd_table.EPDParams`):
+    input-independent constants, so the graph itself is the plain denoiser, called with batches B and
+    K*B (its batch range covers both)."""
 
     kind: str
     precision: str
@@ -60,6 +66,7 @@ class GraphSpec:
     batch_max: int
     sampler: SamplerConfig | None = None
     afs_rca: tuple[float, float, float] | None = None
+    epd: list | None = None
     tap: str | None = None
     checkpoint_sha256: str | None = None
     predictor_sha256: str | None = None
@@ -80,8 +87,21 @@ class GraphSpec:
             raise AmedError(f"graph precision must be one of {PRECISIONS}, got {self.precision!r}")
         if not 1 <= self.batch_min <= self.batch_opt <= self.batch_max:
             raise AmedError(f"bad batch range {self.batch_min}/{self.batch_opt}/{self.batch_max}")
-        if self.kind == "amed" and self.sampler is None:
-            raise AmedError("an AMED graph must carry its sampler configuration")
+        if self.kind in ("amed", "epd") and self.sampler is None:
+            raise AmedError(f"an {self.kind.upper()} graph must carry its sampler configuration")
+        if (self.kind == "epd") != (self.epd is not None):
+            raise AmedError("an EPD graph, and only one, carries an EPD table")
+        if self.epd is not None:
+            object.__setattr__(self, "epd", check_values(self.epd))
+            solver = get_solver(self.sampler.solver)
+            if solver.predictor != "epd":
+                raise AmedError(f"an EPD graph's sampler must be an EPD solver, not {solver.name}")
+            if len(self.epd) != self.sampler.num_points - 1 or len(self.epd[0]) != solver.parallel_points:
+                raise AmedError(
+                    f"the EPD table has {len(self.epd)} intervals of {len(self.epd[0])} points; {solver.name} with "
+                    f"{self.sampler.num_points} time points needs {self.sampler.num_points - 1} of "
+                    f"{solver.parallel_points}"
+                )
         if self.afs_rca is not None and (
             len(self.afs_rca) != 3 or not all(math.isfinite(v) and abs(v) <= MAX_AFS_RCA for v in self.afs_rca)
         ):
@@ -90,6 +110,24 @@ class GraphSpec:
     @property
     def conditional(self) -> bool:
         return self.label_dim > 0
+
+    @property
+    def parallel_points(self) -> int:
+        """K: an EPD graph is also called with K times the sampling batch (1 for every other kind)."""
+        return get_solver(self.sampler.solver).parallel_points if self.kind == "epd" else 1
+
+    def call_batches(self, batch: int) -> tuple[int, ...]:
+        """The batch sizes a sampler of `batch` samples calls this graph with, (B,) or for EPD (B, K*B),
+        after checking that both are in the graph's range."""
+        k = self.parallel_points
+        if k > 1 and self.batch_min <= batch <= self.batch_max < k * batch:
+            raise AmedError(
+                f"batch {batch} is too large for this EPD graph: its parallel call evaluates {k} points per "
+                f"sample ({k * batch}), and the graph takes at most {self.batch_max}; use batch <= "
+                f"{self.batch_max // k} or re-export with a larger --batch"
+            )
+        self.check_batch(batch)
+        return (batch,) if k == 1 else (batch, k * batch)
 
     def check_batch(self, batch: int) -> None:
         """Refuse a batch outside the exported range with the range in the message."""
@@ -147,6 +185,7 @@ class GraphSpec:
                 batch_max=strict_int(d["batch_max"], "batch_max", 1, MAX_BATCH),
                 sampler=sampler,
                 afs_rca=rca,  # type: ignore[arg-type]
+                epd=d.get("epd"),
                 tap=_optional_str(d.get("tap"), "tap"),
                 checkpoint_sha256=_optional_str(d.get("checkpoint_sha256"), "checkpoint_sha256"),
                 predictor_sha256=_optional_str(d.get("predictor_sha256"), "predictor_sha256"),

@@ -9,7 +9,8 @@ before `model_sha256` existed (an optional field, added without a version bump).
 Format versions: 1, the first; 2, the sampler's solver name means the published formula of that name
 (issue #17), so a version-1 file's name is read through `RENAMED_FORMULAS` (its "amed_ipndm" was the
 formula now called "amed_ipndm_uneven"), and amed-deploy versions that would read a version-2
-"amed_ipndm" as the old formula refuse the file instead.
+"amed_ipndm" as the old formula refuse the file instead; 3, EPD tables (`predictor_kind` "epd", no tap),
+written only for EPD students, so AMED files stay readable by version-2 readers.
 """
 
 from __future__ import annotations
@@ -26,14 +27,17 @@ import torch
 
 from . import __version__
 from .checkpoint.format import pickled_global
-from .config import SamplerConfig
+from .config import MAX_NFE, SamplerConfig
+from .epd_table import EPDConfig, EPDTable
 from .errors import AmedError
 from .files import atomic_write_bytes
 from .predictor import AMEDPredictor, PredictorConfig
 from .records import check_stamp, stamp
+from .solvers import get_solver
 
 FORMAT = "amed-deploy/predictor"
-FORMAT_VERSION = 2  # 2: solver names are the published formulas (#17); see the module docstring
+FORMAT_VERSION = 3  # 2: solver names are the published formulas (#17); 3: EPD tables; see the module docstring
+AMED_VERSION = 2  # what an AMED predictor file is stamped with (nothing in it changed in version 3)
 MISMATCH_HINT = "use the checkpoint it was distilled for, or pass --ignore-checkpoint-mismatch"
 _KIND = "an amed-deploy predictor file (made by `amed-deploy distill`)"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -44,9 +48,9 @@ _MAX_TIME_CHANNELS = 1 << 10
 
 @dataclass
 class PredictorBundle:
-    predictor: AMEDPredictor
+    predictor: AMEDPredictor | EPDTable
     sampler: SamplerConfig
-    tap: str
+    tap: str | None  # the U-Net feature g_phi reads; None for an EPD table
     checkpoint_sha256: str  # sha256 of the checkpoint file it was distilled against (provenance)
     training: dict = field(default_factory=dict)  # teacher, kimg, lr, seed, losses, versions
     model_sha256: str | None = None  # checkpoint.format.model_sha256 of that model: what loading checks
@@ -55,9 +59,14 @@ class PredictorBundle:
 def save_predictor(path: str | os.PathLike, bundle: PredictorBundle, *, overwrite: bool = True) -> None:
     """Write atomically; loadable with torch.load(weights_only=True). `overwrite=False` refuses an
     existing `path` (the CLI without --force) instead of replacing it."""
+    epd = isinstance(bundle.predictor, EPDTable)
+    config = bundle.predictor.config.to_dict()
+    if epd:
+        config["intervals"] = bundle.predictor.intervals
     payload = {
-        **stamp(FORMAT, FORMAT_VERSION),
-        "predictor_config": bundle.predictor.config.to_dict(),
+        **stamp(FORMAT, FORMAT_VERSION if epd else AMED_VERSION),
+        "predictor_kind": "epd" if epd else "amed",
+        "predictor_config": config,
         "state_dict": {k: v.detach().cpu().clone() for k, v in bundle.predictor.state_dict().items()},
         "sampler": bundle.sampler.to_dict(),
         "tap": bundle.tap,
@@ -120,6 +129,31 @@ def _predictor_config(raw: Any, path: str | os.PathLike) -> PredictorConfig:
     return config
 
 
+def _check_kind(path: str | os.PathLike, bundle: PredictorBundle, kind: str) -> None:
+    """The predictor must be what its sampler's solver learns, shaped for its time points."""
+    solver = get_solver(bundle.sampler.solver)
+    if solver.predictor != kind:
+        raise AmedError(f"{path}: malformed predictor file: a {kind} predictor for solver {solver.name}")
+    table = bundle.predictor
+    if isinstance(table, EPDTable) and (
+        table.intervals != bundle.sampler.num_points - 1 or table.config.points != solver.parallel_points
+    ):
+        raise AmedError(
+            f"{path}: malformed predictor file: an EPD table of {table.intervals} intervals x {table.config.points} "
+            f"points for {solver.name} with {bundle.sampler.num_points} time points"
+        )
+
+
+def _epd_table(raw: Any, path: str | os.PathLike) -> EPDTable:
+    if not isinstance(raw, dict):
+        raise AmedError(f"{path}: malformed predictor file: predictor_config is a {type(raw).__name__}, not a dict")
+    raw = dict(raw)
+    intervals = raw.pop("intervals", None)
+    if type(intervals) is not int or not 1 <= intervals <= MAX_NFE:
+        raise AmedError(f"{path}: malformed predictor file: predictor_config.intervals is {_brief(intervals)}")
+    return EPDTable(intervals, EPDConfig(**raw))
+
+
 def _optional_sha(payload: dict, key: str, path: str | os.PathLike) -> str | None:
     value = payload.get(key)
     if value is not None and not (isinstance(value, str) and _SHA256.fullmatch(value)):
@@ -144,7 +178,13 @@ def load_predictor(
         raise AmedError(f"{path} is not {_KIND}: it holds a {type(payload).__name__}, not a dict")
     version = check_stamp(payload, FORMAT, FORMAT_VERSION, str(path), _KIND)
     try:
-        predictor = AMEDPredictor(_predictor_config(payload["predictor_config"], path))
+        kind = payload.get("predictor_kind", "amed")
+        if kind == "epd":
+            predictor = _epd_table(payload["predictor_config"], path)
+        elif kind == "amed":
+            predictor = AMEDPredictor(_predictor_config(payload["predictor_config"], path))
+        else:
+            raise AmedError(f"{path}: malformed predictor file: unknown predictor_kind {_brief(kind)}")
         state = payload["state_dict"]
         if not isinstance(state, dict):
             raise TypeError(f"state_dict is a {type(state).__name__}, not a dict")
@@ -152,7 +192,7 @@ def load_predictor(
         bundle = PredictorBundle(
             predictor=predictor.eval(),
             sampler=SamplerConfig.from_dict(payload["sampler"], renamed=version < 2),
-            tap=str(payload["tap"]),
+            tap=None if kind == "epd" else str(payload["tap"]),
             checkpoint_sha256=str(payload["checkpoint_sha256"]),
             training=dict(payload.get("training") or {}),
             model_sha256=_optional_sha(payload, "model_sha256", path),
@@ -163,6 +203,7 @@ def load_predictor(
         reason = " ".join(str(e).split())
         reason = reason if len(reason) <= 200 else reason[:197] + "..."
         raise AmedError(f"{path}: malformed predictor file: {type(e).__name__}: {reason}") from None
+    _check_kind(path, bundle, kind)
     bad = [k for k, v in predictor.state_dict().items() if not bool(torch.isfinite(v).all())]
     if bad:
         raise AmedError(

@@ -50,12 +50,18 @@ def check_portable(spec: GraphSpec, onnx_path: str | os.PathLike) -> None:
         )
 
 
-def profile_shapes(spec: GraphSpec, batch_opt: int | None = None) -> dict[str, list[list[int]]]:
-    """{input: [min, opt, max] shapes}: only the batch dimension varies (tight profiles build fast)."""
+def profile_shapes(spec: GraphSpec, batch_opt: int | None = None) -> list[dict[str, list[list[int]]]]:
+    """One optimization profile per call batch size (an EPD graph's parallel call is a second one, and
+    TensorRT gives each execution context its own profile), each {input: [min, opt, max] shapes} over the
+    graph's batch range with that call's optimum: only the batch dimension varies (tight profiles build
+    fast)."""
     opt = spec.batch_opt if batch_opt is None else batch_opt
     spec.check_batch(opt)
-    per_batch = [io_shapes(spec, b)[0] for b in (spec.batch_min, opt, spec.batch_max)]
-    return {name: [list(shapes[name]) for shapes in per_batch] for name in per_batch[0]}
+    profiles = []
+    for call_opt in spec.call_batches(opt) if spec.kind == "epd" else (opt,):
+        per_batch = [io_shapes(spec, b)[0] for b in (spec.batch_min, call_opt, spec.batch_max)]
+        profiles.append({name: [list(shapes[name]) for shapes in per_batch] for name in per_batch[0]})
+    return profiles
 
 
 def build_engine(
@@ -86,7 +92,7 @@ def build_engine(
         raise AmedError(f"refusing to overwrite the ONNX graph {onnx_path} with the plan or its manifest")
     spec = onnx_graph_spec(onnx_path)
     check_portable(spec, onnx_path)
-    profile = profile_shapes(spec, batch_opt)
+    profiles = profile_shapes(spec, batch_opt)
     if batch_opt is not None:
         spec = dataclasses.replace(spec, batch_opt=batch_opt)
 
@@ -108,13 +114,15 @@ def build_engine(
                 strongly_typed=trt_major(trt) < 11 or None,  # TRT 11 networks are always strongly typed
             )
             names = sorted(network.get_input(i).name for i in range(network.num_inputs))
-            if names != sorted(profile):
-                raise AmedError(f"{onnx_path} has inputs {names}, its metadata promises {sorted(profile)}")
-            opt_profile = poly.Profile()
-            for name, (lo, mid, hi) in profile.items():
-                opt_profile.add(name, lo, mid, hi)
+            if names != sorted(profiles[0]):
+                raise AmedError(f"{onnx_path} has inputs {names}, its metadata promises {sorted(profiles[0])}")
+            opt_profiles = []
+            for shapes in profiles:
+                opt_profiles.append(poly.Profile())
+                for name, (lo, mid, hi) in shapes.items():
+                    opt_profiles[-1].add(name, lo, mid, hi)
             config = poly.CreateConfig(
-                profiles=[opt_profile],
+                profiles=opt_profiles,
                 memory_pool_limits={trt.MemoryPoolType.WORKSPACE: int(workspace_gib * (1 << 30))},
                 load_timing_cache=str(timing_cache) if timing_cache is not None else None,
                 builder_optimization_level=builder_optimization_level,

@@ -13,12 +13,16 @@ from amed_deploy.solvers import Evaluation
 class GaussianModel:
     """Data N(mu, s^2 I): D(x, sigma) = (s^2 x + sigma^2 mu) / (s^2 + sigma^2), exactly.
 
-    Optionally reports fixed AMED predictor outputs (r, c, a) so AMED steps can be driven."""
+    Optionally reports fixed AMED predictor outputs (r, c, a) so AMED steps can be driven, and an EPD
+    table (`epd`, an EPDParams); without one, EPD steps get K = 2 equal points at r (default 1/2) with
+    equal weights and c = a = 1, which makes an EPD-Solver step a DPM-Solver-2 step at r."""
 
-    def __init__(self, mu: Tensor, s: float, r: Tensor | float | None = None, c=None, a=None):
+    def __init__(self, mu: Tensor, s: float, r: Tensor | float | None = None, c=None, a=None, epd=None):
         self.mu, self.s = mu, s
         self.r, self.c, self.a = r, c, a
+        self.epd = epd
         self.calls = 0
+        self.batches: list[int] = []  # the batch of every call
 
     def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
         sig2 = sigma.reshape(-1, *([1] * (x.ndim - 1))) ** 2
@@ -36,7 +40,26 @@ class GaussianModel:
 
     def __call__(self, x: Tensor, sigma: Tensor, sigma_next: Tensor) -> Evaluation:
         self.calls += 1
+        self.batches.append(x.shape[0])
         return Evaluation(self.denoise(x, sigma), **self._heads(x))
+
+    def denoise_points(self, x: Tensor, sigma: Tensor) -> Tensor:
+        self.calls += 1
+        self.batches.append(x.shape[0])
+        mu = self.mu  # a per-sample mean is repeated K times, sample-major, as a model repeats labels
+        if mu.dim() == x.dim() and mu.shape[0] > 1:
+            mu = mu.repeat_interleave(x.shape[0] // mu.shape[0], dim=0)
+        sig2 = sigma.reshape(-1, *([1] * (x.ndim - 1))) ** 2
+        return (self.s**2 * x + sig2 * mu) / (self.s**2 + sig2)
+
+    def epd_row(self, n: int):
+        from amed_deploy.epd_table import EPDRow
+
+        if self.epd is not None:
+            return self.epd.row(n)
+        r = 0.5 if self.r is None or isinstance(self.r, Tensor) else float(self.r)
+        one = torch.ones(2, dtype=torch.float64)
+        return EPDRow(r * one, 0.5 * one, one, one)
 
     def predict_without_feature(self, sigma: Tensor, sigma_next: Tensor) -> Evaluation:
         x = torch.zeros(sigma.shape[0], 1, 1, 1, dtype=sigma.dtype)

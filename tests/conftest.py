@@ -81,3 +81,17 @@ def amed_onnx(workdir, tiny_ckpt, distilled) -> Path:
         predictor_sha256=file_sha256(pred_path),
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def epd_predictor(workdir, tiny_ckpt) -> Path:
+    """An EPD-Solver table for the tiny checkpoint (NFE 5), after two batches of the published recipe."""
+    from amed_deploy.checkpoint.build import build_model
+
+    ckpt = load_checkpoint(tiny_ckpt)
+    cfg = DistillConfig.for_student("epd", nfe=5, batch=4, kimg=0.008, teacher_m=1, teacher_inner=1)
+    network, sampler, _ = distill(build_model(ckpt), cfg, progress=False)
+    path = workdir / "epd5.pt"
+    bundle = PredictorBundle(network.predictor, sampler, None, file_sha256(tiny_ckpt), model_sha256=model_sha256(ckpt))
+    save_predictor(path, bundle)
+    return path

@@ -167,3 +167,16 @@ def test_history_solvers_record_in_one_cuda_graph(tiny_ckpt, solver):
     want = eager.sample(seed=2).images
     for _ in range(2):
         torch.testing.assert_close(graphed.sample(seed=2).images, want, rtol=1e-4, atol=1e-4)
+
+
+def test_epd_parallel_call_in_the_whole_loop_cuda_graph(tiny_ckpt, epd_predictor):
+    """EPD's two call batch sizes (B and K*B) on the PyTorch CUDA executor, eager and recorded as one
+    CUDA graph, against the CPU reference."""
+    cpu = Sampler.load(tiny_ckpt, predictor=epd_predictor, batch=4, device="cpu").sample(seed=3, classes=[0, 1, 2, 0])
+    for cuda_graph in (False, True):
+        smp = Sampler.load(tiny_ckpt, predictor=epd_predictor, batch=4, device="cuda", cuda_graph=cuda_graph)
+        assert sorted(smp.executor.buffers) == [4, 8]
+        images = smp.sample(seed=3, classes=[0, 1, 2, 0]).images
+        again = smp.sample(seed=3, classes=[0, 1, 2, 0]).images
+        print(f"EPD cuda_graph={cuda_graph}: rel. max abs error {_rel(images, cpu.images):.2e}")
+        assert _rel(images, cpu.images) <= BOUND["fp32"] and torch.equal(images, again)

@@ -44,8 +44,11 @@ ALL = [
     "amed_ipndm",
     "amed_ipndm_uneven",
     "amed_dpmpp",
+    "epd",
+    "epd_ipndm",
 ]
 PLUGINS = ["amed_euler", "amed_dpm2", "amed_ipndm", "amed_ipndm_uneven", "amed_dpmpp"]
+EPD = ["epd", "epd_ipndm"]
 
 
 def ode_config(solver: str, **options) -> SolverConfig:
@@ -299,7 +302,13 @@ def test_grid_ending_at_zero(gaussian, solver, afs, n_points):
     assert nfe_for(solver, n_points, afs, ends_at_zero=True) == nfe_for(solver, n_points, afs) - (
         get_solver(solver).evals_per_interval - 1
     )
-    if solver not in ("ipndm", "lms", "amed_ipndm", "amed_ipndm_uneven"):  # Adams-Bashforth solvers extrapolate
+    if solver not in (
+        "ipndm",
+        "lms",
+        "amed_ipndm",
+        "amed_ipndm_uneven",
+        "epd_ipndm",
+    ):  # Adams-Bashforth solvers extrapolate
         # a one-step method's (or DPM-Solver++'s first-order) step to 0 lands on D(x, t) exactly
         x_prev = before[-2] if len(before) > 1 else x0
         torch.testing.assert_close(x, model.denoise(x_prev, torch.full((3,), grid[-2], dtype=x0.dtype)))
@@ -322,7 +331,7 @@ def test_points_for_nfe_rules():
 
 def test_registry_is_the_one_list_of_solvers():
     assert solver_names() == ALL == list(SOLVERS)
-    assert solver_names(uses_predictor=True) == ["amed", *PLUGINS]
+    assert solver_names(uses_predictor=True) == ["amed", *PLUGINS, *EPD]
     assert [canonical_solver(n) for n in ("DDIM", "DPM-Solver-2", "amed-dpm2", "dpm-solver++3m")] == [
         "euler",
         "dpm2",
@@ -333,6 +342,7 @@ def test_registry_is_the_one_list_of_solvers():
         "amed_ipndm",
         "amed_ipndm_uneven",
         "amed_dpmpp",
+        "epd_ipndm",
     ]
     for solver in SOLVERS.values():
         assert solver.reference and solver.display_name and get_solver(solver.name) is solver
@@ -340,7 +350,7 @@ def test_registry_is_the_one_list_of_solvers():
         # a published name names its reference; the project's own variants say so
         ours = solver.name in ("dpmpp3m_exact", "amed_ipndm_uneven")
         assert solver.reference.startswith("ours:") == ours
-        assert any(src in solver.reference for src in ("diff-sampler", "k-diffusion", "edm generate.py"))
+        assert any(src in solver.reference for src in ("diff-sampler", "k-diffusion", "edm generate.py", "EPD"))
     assert display_name("amed_ipndm") == "AMED-Plugin (iPNDM)" and display_name("retired") == "retired"
     assert find_solver("rk4") is None
 

@@ -90,12 +90,14 @@ def test_onnx_graph_spec_reads_the_metadata(tmp_path):
 
 def test_profile_shapes_vary_only_the_batch():
     spec = make_spec("fp16")
-    assert profile_shapes(spec) == {
-        "x": [[1, 3, 8, 8], [2, 3, 8, 8], [4, 3, 8, 8]],
-        "sigma": [[1], [2], [4]],
-        "sigma_next": [[1], [2], [4]],
-    }
-    assert profile_shapes(spec, batch_opt=4)["sigma"] == [[1], [4], [4]]
+    assert profile_shapes(spec) == [
+        {
+            "x": [[1, 3, 8, 8], [2, 3, 8, 8], [4, 3, 8, 8]],
+            "sigma": [[1], [2], [4]],
+            "sigma_next": [[1], [2], [4]],
+        }
+    ]
+    assert profile_shapes(spec, batch_opt=4)[0]["sigma"] == [[1], [4], [4]]
     with pytest.raises(AmedError, match="outside"):
         profile_shapes(spec, batch_opt=8)
 

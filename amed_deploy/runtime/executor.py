@@ -4,7 +4,9 @@ Every executor has one shape, as Polygraphy separates loading from running: `ope
 device, **backend_options)` loads (deserialises, builds a session or a module), checks the result
 against the graph contract and binds preallocated buffers for one batch size; `run()` evaluates the
 graph on those buffers; `close()` releases the backend and the buffers. The loop writes into `inputs`,
-calls `run()`, and reads `outputs`; nothing is allocated per call. On CUDA, `run()` is enqueued on
+calls `run()`, and reads `outputs`; nothing is allocated per call. An EPD graph is also called with K
+times the sampling batch (its parallel points): `buffers` then holds a second set for that batch size,
+run with `run(batch)`, bound once like the first (GraphSpec.call_batches). On CUDA, `run()` is enqueued on
 torch's current stream so torch ops and the backend stay ordered without host synchronisation (which
 also makes whole-loop CUDA-graph capture possible).
 """
@@ -27,6 +29,7 @@ from ..metadata import GraphSpec
 # CUDA stream capture (ORT and cuDNN do so internally), which fails when another thread's setup calls
 # land during it: seen with 8 Samplers of one kind starting in 8 threads (PyTorch and ORT alike).
 CUDA_SETUP_LOCK = threading.Lock()
+Buffers = tuple[dict[str, Tensor], dict[str, Tensor]]  # (inputs, outputs) of one batch size, by graph name
 
 
 class Executor(ABC):
@@ -34,10 +37,13 @@ class Executor(ABC):
 
     capturable: ClassVar[bool]  # run() may be recorded into a CUDA graph by the caller (not ORT: it has its own)
 
-    def __init__(self, spec: GraphSpec, device: torch.device, inputs: dict[str, Tensor], outputs: dict[str, Tensor]):
-        """Takes what `open` loaded and bound; use `open`."""
+    def __init__(self, spec: GraphSpec, device: torch.device, buffers: dict[int, Buffers]):
+        """Takes what `open` loaded and bound; use `open`. `buffers` maps each call batch size to its
+        (inputs, outputs), the sampling batch first."""
         self.spec, self.device = spec, device
-        self.inputs, self.outputs = inputs, outputs
+        self.buffers = buffers
+        self.batch = next(iter(buffers))
+        self.inputs, self.outputs = buffers[self.batch]
         self._closed = False
 
     @classmethod
@@ -45,20 +51,24 @@ class Executor(ABC):
     def open(cls, source: Any, batch: int | None, device: torch.device | str, **backend_options: Any) -> Executor:
         """Load `source` for `batch` (None: the graph's optimum) on `device`; refuse what does not fit."""
 
-    def run(self) -> None:
-        """Evaluate the graph on the current input buffers, writing the output buffers."""
+    def run(self, batch: int | None = None) -> None:
+        """Evaluate the graph on the input buffers of `batch` (default: the sampling batch), writing
+        that batch's output buffers."""
         if self._closed:
             raise AmedError(f"this {type(self).__name__} is closed: open the graph again")
-        self._execute()
+        batch = self.batch if batch is None else batch
+        if batch not in self.buffers:
+            raise AmedError(f"this executor has no buffers for batch {batch} (it has {sorted(self.buffers)})")
+        self._execute(batch)
 
     @abstractmethod
-    def _execute(self) -> None: ...
+    def _execute(self, batch: int) -> None: ...
 
     def close(self) -> None:
         """Release the backend's objects and the buffers now rather than at garbage collection."""
         self._closed = True
         self._release()
-        self.inputs, self.outputs = {}, {}
+        self.buffers, self.inputs, self.outputs = {}, {}, {}
 
     @abstractmethod
     def _release(self) -> None: ...
@@ -70,14 +80,14 @@ class Executor(ABC):
         self.close()
 
 
-def allocate(spec: GraphSpec, batch: int, device: torch.device) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """Preallocate every I/O buffer of a graph for `batch` on `device`, after checking that the batch is
-    in the graph's range and that it fits in the device's memory (an OOM kill says nothing)."""
-    spec.check_batch(batch)
-    check_fits(spec, batch, device)
-    ins, outs = io_shapes(spec, batch)
+def allocate(spec: GraphSpec, batch: int, device: torch.device) -> dict[int, Buffers]:
+    """Preallocate every I/O buffer of a graph for a sampling batch of `batch` on `device` (and, for EPD,
+    for its K*batch parallel call), after checking that the batches are in the graph's range and that
+    they fit in the device's memory (an OOM kill says nothing)."""
+    batches = spec.call_batches(batch)
+    check_fits(spec, sum(batches), device)
 
     def make(shapes: dict[str, tuple[int, ...]]) -> dict[str, Tensor]:
         return {name: torch.zeros(shape, dtype=io_dtype(spec, name), device=device) for name, shape in shapes.items()}
 
-    return make(ins), make(outs)
+    return {b: tuple(make(shapes) for shapes in io_shapes(spec, b)) for b in batches}

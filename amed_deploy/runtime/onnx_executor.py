@@ -15,7 +15,7 @@ from ..errors import AmedError, first_line
 from ..files import check_input_file
 from ..graph import SIGMA, SIGMA_NEXT, dtype_name, image_dtype, io_dtype, io_shapes
 from ..metadata import GraphSpec, onnx_graph_spec, spec_from_metadata_props
-from .executor import CUDA_SETUP_LOCK, Executor, allocate
+from .executor import CUDA_SETUP_LOCK, Buffers, Executor, allocate
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -45,8 +45,9 @@ def read_spec(session: ort.InferenceSession, source: str) -> GraphSpec:
 
 
 class OnnxExecutor(Executor):
-    """Runs an exported graph with preallocated torch buffers bound through ORT's I/O binding.
-    Backend options: `cuda_graph` (ORT records and replays its own CUDA graph) and `provider_options`."""
+    """Runs an exported graph with preallocated torch buffers bound through ORT's I/O binding, one
+    binding per call batch size. Backend options: `cuda_graph` (ORT records and replays its own CUDA
+    graph, one per batch size, kept apart by the run option gpu_graph_id) and `provider_options`."""
 
     capturable = False  # ORT records its own CUDA graph (enable_cuda_graph)
 
@@ -55,13 +56,12 @@ class OnnxExecutor(Executor):
         spec: GraphSpec,
         device: torch.device,
         session: ort.InferenceSession,
-        binding: ort.IOBinding,
-        inputs: dict[str, Tensor],
-        outputs: dict[str, Tensor],
+        bindings: dict[int, tuple[ort.IOBinding, ort.RunOptions | None]],
+        buffers: dict[int, Buffers],
         cuda_graph: bool,
     ):
-        super().__init__(spec, device, inputs, outputs)
-        self.session, self.binding, self.cuda_graph = session, binding, cuda_graph
+        super().__init__(spec, device, buffers)
+        self.session, self.bindings, self.cuda_graph = session, bindings, cuda_graph
 
     @classmethod
     def open(
@@ -109,15 +109,13 @@ class OnnxExecutor(Executor):
         if image_dtype(spec) not in _ORT_TYPES:
             raise AmedError(f"{path}: {spec.precision} graphs are not supported by ONNX Runtime here")
         batch = spec.batch_opt if batch is None else batch
-        spec.check_batch(batch)
+        spec.call_batches(batch)  # an EPD graph's parallel call too, before anything is loaded
         _check_signature(session, spec, path, batch)  # before allocating: the buffers' sizes come from the metadata
-        inputs, outputs = allocate(spec, batch, device)
-        binding = session.io_binding()
-        for group, bind in ((inputs, binding.bind_input), (outputs, binding.bind_output)):
-            for name, t in group.items():
-                element_type = np.dtype(dtype_name(t.dtype)).type
-                bind(name, device.type, device.index or 0, element_type, list(t.shape), t.data_ptr())
-        executor = cls(spec, device, session, binding, inputs, outputs, cuda_graph)
+        buffers = allocate(spec, batch, device)
+        bindings = {
+            b: _bind(session, ins, outs, device, cuda_graph, k) for k, (b, (ins, outs)) in enumerate(buffers.items())
+        }
+        executor = cls(spec, device, session, bindings, buffers, cuda_graph)
         if device.type == "cuda":
             with CUDA_SETUP_LOCK:
                 executor._warm_up()
@@ -128,11 +126,13 @@ class OnnxExecutor(Executor):
         cuda_graph ORT records its graph during them. Concurrent first runs in several threads failed
         ("operation not permitted when stream is capturing"), and a graph that cannot be captured
         should fail here with a clear message rather than in the middle of sampling."""
-        self.inputs[SIGMA].fill_(1.0)
-        self.inputs[SIGMA_NEXT].fill_(0.5)
+        for inputs, _ in self.buffers.values():
+            inputs[SIGMA].fill_(1.0)
+            inputs[SIGMA_NEXT].fill_(0.5)
         try:
             for _ in range(3 if self.cuda_graph else 1):
-                self.run()
+                for batch in self.buffers:
+                    self.run(batch)
             torch.cuda.current_stream(self.device).synchronize()
         except Exception as e:  # ORT reports CUDA errors as RuntimeError with a long C++ trace
             if not self.cuda_graph:
@@ -143,13 +143,38 @@ class OnnxExecutor(Executor):
                 "PyTorch or TensorRT executor, whose whole-loop CUDA graph works"
             ) from None
 
-    def _execute(self) -> None:
+    def _execute(self, batch: int) -> None:
         if self.device.type == "cuda" and self.cuda_graph:
             torch.cuda.current_stream(self.device).synchronize()  # ORT replays on its own stream
-        self.session.run_with_iobinding(self.binding)
+        binding, run_options = self.bindings[batch]
+        self.session.run_with_iobinding(binding, run_options)
 
     def _release(self) -> None:
-        self.binding = self.session = None
+        self.bindings, self.session = {}, None
+
+
+def _bind(
+    session: ort.InferenceSession,
+    inputs: dict[str, Tensor],
+    outputs: dict[str, Tensor],
+    device: torch.device,
+    cuda_graph: bool,
+    graph_id: int,
+) -> tuple[ort.IOBinding, ort.RunOptions | None]:
+    """One I/O binding over one batch size's buffers, and with `cuda_graph` the run options that give
+    its recorded graph an id of its own (ORT keeps one CUDA graph per gpu_graph_id)."""
+    import onnxruntime as ort
+
+    binding = session.io_binding()
+    for group, bind in ((inputs, binding.bind_input), (outputs, binding.bind_output)):
+        for name, t in group.items():
+            element_type = np.dtype(dtype_name(t.dtype)).type
+            bind(name, device.type, device.index or 0, element_type, list(t.shape), t.data_ptr())
+    run_options = None
+    if cuda_graph:
+        run_options = ort.RunOptions()
+        run_options.add_run_config_entry("gpu_graph_id", str(graph_id))
+    return binding, run_options
 
 
 def _check_signature(session: ort.InferenceSession, spec: GraphSpec, path: str | os.PathLike, batch: int) -> None:

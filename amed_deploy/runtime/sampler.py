@@ -21,6 +21,7 @@ from torch import Tensor
 from ..amed_network import graph_spec
 from ..config import DEFAULT_SCHEDULE, SamplerConfig, refuse_other_formula, sigma_range, solver_options
 from ..devices import resolve_device
+from ..epd_table import EPDParams, EPDRow
 from ..errors import AmedError, first_line
 from ..graph import DENOISED, LABELS, SIGMA, SIGMA_NEXT, A, C, R, X
 from ..metadata import GraphSpec
@@ -56,6 +57,9 @@ class ExecutorModel:
             heads = (torch.full((batch, 1, 1, 1), v, device=dev) for v in spec.afs_rca)
             self._afs = Evaluation(torch.empty(0, device=dev), *heads)
         self._amed = spec.kind == "amed"
+        # an EPD graph's table: constants on the device, made once (CUDA-graph capturable)
+        self._epd = None if spec.epd is None else EPDParams.from_values(spec.epd, dev)
+        self._points = spec.parallel_points * batch  # the batch of the parallel call
 
     def __call__(self, x: Tensor, sigma: Tensor, sigma_next: Tensor) -> Evaluation:
         ins, outs = self.executor.inputs, self.executor.outputs
@@ -67,6 +71,19 @@ class ExecutorModel:
         if not self._amed:
             return Evaluation(denoised)
         return Evaluation(denoised, outs[R], outs[C], outs[A])
+
+    def denoise_points(self, x: Tensor, sigma: Tensor) -> Tensor:
+        ins, outs = self.executor.buffers[self._points]  # its labels were repeated K times by Sampler.sample
+        ins[X].copy_(x)
+        ins[SIGMA].copy_(sigma)
+        ins[SIGMA_NEXT].copy_(sigma)
+        self.executor.run(self._points)
+        return outs[DENOISED].float()
+
+    def epd_row(self, n: int) -> EPDRow:
+        if self._epd is None:
+            raise AmedError("this graph carries no EPD table")
+        return self._epd.row(n)
 
     def predict_without_feature(self, sigma: Tensor, sigma_next: Tensor) -> Evaluation:
         if self._afs is None:
@@ -180,7 +197,7 @@ class Sampler:
             try:
                 self._noise.copy_(seeded)
                 if labels is not None:
-                    self.executor.inputs[LABELS].copy_(labels)
+                    self._set_labels(labels)
                 images = self._run().clone()
             except torch.cuda.OutOfMemoryError:
                 self._graph = None  # recoverable: nothing is corrupted, a later call may fit
@@ -197,6 +214,12 @@ class Sampler:
                 + (" (fp16 overflow? try the fp32 graph)" if self.spec.precision == "fp16" else "")
             )
         return SampleOutput(images, labels, seed)
+
+    def _set_labels(self, labels: Tensor) -> None:
+        """Every call batch's labels: an EPD graph's parallel call gets each sample's K times, sample-major
+        (the points of one sample are adjacent, and so are its labels)."""
+        for batch, (inputs, _) in self.executor.buffers.items():
+            inputs[LABELS].copy_(labels.repeat_interleave(batch // self.batch, dim=0))
 
     def _loop(self) -> Tensor:
         x, _ = sample(self._model, self._noise * self.config.t_steps[0], self.config.t_steps, self.config.solver_config)
@@ -252,7 +275,9 @@ def resolve_sampler(
     name = None if solver is None else canonical_solver(solver)
     if name is None or (own is not None and name == own.solver):
         if own is None:
-            raise AmedError("this graph has no AMED predictor: choose a solver and NFE (e.g. --solver ipndm --nfe 5)")
+            raise AmedError(
+                "this graph has no learned sampler (AMED or EPD): choose a solver and NFE (e.g. --solver ipndm --nfe 5)"
+            )
         if nfe is not None and nfe != own.nfe:
             raise AmedError(
                 f"this graph was exported for NFE {own.nfe} ({own.solver}), not NFE {nfe}: "
@@ -269,7 +294,7 @@ def resolve_sampler(
                 )
         return own
     if get_solver(name).uses_predictor:
-        if spec.kind == "amed" and own is not None:
+        if spec.kind != "denoiser" and own is not None:
             refuse_other_formula(own.solver, name)
         raise AmedError(
             f"solver {name} needs a predictor distilled for it (amed-deploy distill --student {name}); "

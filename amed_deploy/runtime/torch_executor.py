@@ -4,12 +4,11 @@ as the engines. In fp32 on the CPU it is the reference the deployed graphs are c
 from __future__ import annotations
 
 import torch
-from torch import Tensor
 
 from ..amed_network import AMEDNetwork, DeployModule
 from ..graph import output_names
 from ..metadata import GraphSpec
-from .executor import Executor, allocate
+from .executor import Buffers, Executor, allocate
 
 
 class TorchExecutor(Executor):
@@ -27,10 +26,9 @@ class TorchExecutor(Executor):
         spec: GraphSpec,
         device: torch.device,
         module: torch.nn.Module,
-        inputs: dict[str, Tensor],
-        outputs: dict[str, Tensor],
+        buffers: dict[int, Buffers],
     ):
-        super().__init__(spec, device, inputs, outputs)
+        super().__init__(spec, device, buffers)
         self.module = module
         self._names = output_names(spec)
 
@@ -53,14 +51,14 @@ class TorchExecutor(Executor):
             module.to(memory_format=torch.channels_last)
         if compile:
             module = torch.compile(module, dynamic=False)
-        inputs, outputs = allocate(spec, batch, device)
-        return cls(spec, device, module, inputs, outputs)
+        return cls(spec, device, module, allocate(spec, batch, device))
 
     @torch.no_grad()
-    def _execute(self) -> None:
-        out = self.module(*self.inputs.values())
+    def _execute(self, batch: int) -> None:
+        inputs, outputs = self.buffers[batch]
+        out = self.module(*inputs.values())
         for name, value in zip(self._names, out, strict=True):
-            self.outputs[name].copy_(value)
+            outputs[name].copy_(value)
 
     def _release(self) -> None:
         self.module = None

@@ -1,4 +1,6 @@
-"""TensorRT executor: one deserialised plan, one execution context, buffers bound once.
+"""TensorRT executor: one deserialised plan, one execution context per call batch size (EPD graphs are
+also called with K times the sampling batch; each context has an optimization profile of its own, as
+TensorRT requires of contexts with dynamic shapes), buffers bound once.
 
 Thin on purpose: shapes and addresses are fixed at open(), so run() is a single enqueue on torch's
 current stream (and can be captured in a CUDA graph by the caller). The TensorRT helpers it shares
@@ -29,7 +31,7 @@ from ..trt_common import (
     make_logger,
     trt_dtype_name,
 )
-from .executor import Executor, allocate
+from .executor import Buffers, Executor, allocate
 
 
 class TRTExecutor(Executor):
@@ -43,15 +45,14 @@ class TRTExecutor(Executor):
         device: torch.device,
         manifest: Manifest,
         engine: Any,
-        context: Any,
-        inputs: dict[str, Tensor],
-        outputs: dict[str, Tensor],
+        contexts: dict[int, Any],
+        buffers: dict[int, Buffers],
         runtime: Any,
         logger: Any,
     ) -> None:
-        super().__init__(spec, device, inputs, outputs)
+        super().__init__(spec, device, buffers)
         self.manifest = manifest
-        self.engine, self.context, self._runtime, self._logger = engine, context, runtime, logger
+        self.engine, self.contexts, self._runtime, self._logger = engine, contexts, runtime, logger
 
     @classmethod
     def open(
@@ -70,7 +71,7 @@ class TRTExecutor(Executor):
         manifest = read_manifest(manifest_path_for(plan_path))
         spec = manifest.spec
         batch = spec.batch_opt if batch is None else batch
-        spec.check_batch(batch)
+        spec.call_batches(batch)  # an EPD graph's parallel call too, before anything is loaded
         trt = import_tensorrt()
         check_manifest(plan_path, manifest, trt.__version__, *gpu_identity(device))
 
@@ -84,30 +85,53 @@ class TRTExecutor(Executor):
                     "from another TensorRT version or GPU, or a corrupt file: rebuild with amed-deploy build"
                 )
             check_engine_io(spec, engine_io(trt, engine))
-            context = engine.create_execution_context()
-            if context is None:
+            buffers = allocate(spec, batch, device)
+            if engine.num_optimization_profiles < len(buffers):
                 raise AmedError(
-                    f"TensorRT could not create an execution context ({logger.last_errors()}); out of GPU memory?"
+                    f"{plan_path} has {engine.num_optimization_profiles} optimization profile(s); this graph is "
+                    f"called with {len(buffers)} batch sizes and needs one each: rebuild it with amed-deploy build"
                 )
-            inputs, outputs = allocate(spec, batch, device)
-            for name, t in inputs.items():
-                if not context.set_input_shape(name, tuple(t.shape)):
-                    raise AmedError(f"TensorRT refused shape {tuple(t.shape)} for {name!r} ({logger.last_errors()})")
-            for name, t in {**inputs, **outputs}.items():
-                _check_buffer(trt, engine, context, name, t)
-                if not context.set_tensor_address(name, t.data_ptr()):
-                    raise AmedError(f"TensorRT refused the buffer address of {name!r} ({logger.last_errors()})")
-        return cls(spec, device, manifest, engine, context, inputs, outputs, runtime, logger)
+            stream = torch.cuda.current_stream(device).cuda_stream
+            contexts = {
+                b: _context(trt, engine, logger, profile, ins, outs, stream)
+                for profile, (b, (ins, outs)) in enumerate(buffers.items())
+            }
+        return cls(spec, device, manifest, engine, contexts, buffers, runtime, logger)
 
-    def _execute(self) -> None:
+    def _execute(self, batch: int) -> None:
         """Enqueue one evaluation on torch's current stream; no host synchronisation."""
         stream = torch.cuda.current_stream(self.device).cuda_stream
-        if not self.context.execute_async_v3(stream):
+        if not self.contexts[batch].execute_async_v3(stream):
             raise AmedError(f"TensorRT execution failed ({self._logger.last_errors()})")
 
     def _release(self) -> None:
-        self.context = None  # before the engine it was created from
+        self.contexts = {}  # before the engine they were created from
         self.engine = self._runtime = None
+
+
+def _context(
+    trt: ModuleType,
+    engine: Any,
+    logger: Any,
+    profile: int,
+    inputs: dict[str, Tensor],
+    outputs: dict[str, Tensor],
+    stream: int,
+) -> Any:
+    """An execution context on optimization profile `profile`, its shapes and buffer addresses set."""
+    context = engine.create_execution_context()
+    if context is None:
+        raise AmedError(f"TensorRT could not create an execution context ({logger.last_errors()}); out of GPU memory?")
+    if profile and not context.set_optimization_profile_async(profile, stream):
+        raise AmedError(f"TensorRT refused optimization profile {profile} ({logger.last_errors()})")
+    for name, t in inputs.items():
+        if not context.set_input_shape(name, tuple(t.shape)):
+            raise AmedError(f"TensorRT refused shape {tuple(t.shape)} for {name!r} ({logger.last_errors()})")
+    for name, t in {**inputs, **outputs}.items():
+        _check_buffer(trt, engine, context, name, t)
+        if not context.set_tensor_address(name, t.data_ptr()):
+            raise AmedError(f"TensorRT refused the buffer address of {name!r} ({logger.last_errors()})")
+    return context
 
 
 def _check_buffer(trt: ModuleType, engine: Any, context: Any, name: str, t: Tensor) -> None:

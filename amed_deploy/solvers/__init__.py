@@ -8,13 +8,14 @@ from .registry import (
     SolverConfig,
     canonical_solver,
     display_name,
+    evaluations_for,
     find_solver,
     get_solver,
     nfe_for,
     points_for_nfe,
     solver_names,
 )
-from .schedules import SCHEDULES, make_schedule, nested_schedule
+from .schedules import SCHEDULES, make_schedule, nested_schedule, split_intervals
 from .steps import Interval, SolverState, sample, step
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "SolverState",
     "canonical_solver",
     "display_name",
+    "evaluations_for",
     "find_solver",
     "get_solver",
     "make_schedule",
@@ -36,5 +38,6 @@ __all__ = [
     "points_for_nfe",
     "sample",
     "solver_names",
+    "split_intervals",
     "step",
 ]

@@ -8,6 +8,10 @@ option names and defaults. The project's own variants have names of their own (`
 each interval: "amed" is the AMED-Solver (a DPM-Solver-2 whose intermediate time, direction scale c and
 time scale a are predicted), the "amed_<base>" solvers are the AMED-Plugin on those base solvers; the
 plugin on DPM-Solver-2 ("amed_dpm2") weights its two slopes and equals the AMED-Solver only at r = 1/2.
+EPD students ("epd", "epd_ipndm") learn a per-interval table instead: K points placed from the interval's
+first evaluation, evaluated in one batched call and combined with learned simplex weights; their NFE is
+the number of sequential calls, as the EPD paper reports it ("parallel NFE"), and `evaluations_for`
+counts every point.
 """
 
 from __future__ import annotations
@@ -28,12 +32,23 @@ class Solver:
     name: str  # canonical, as recorded in sampler configs, predictor files and results
     display_name: str  # tables and plots
     reference: str  # the published implementation it follows
-    evals_per_interval: int
-    uses_predictor: bool = False  # an AMED student: needs a distilled g_phi
+    evals_per_interval: int  # network calls one after another (the NFE, "parallel NFE" for EPD)
+    predictor: str | None = None  # what it learns: "amed" (g_phi on a U-Net feature) or "epd" (a table)
+    parallel_points: int = 1  # points its last call of an interval evaluates at once (EPD's K)
     multistep: bool = False  # carries history in SolverState from one interval to the next
     aliases: tuple[str, ...] = ()
     options: Mapping[str, object] = field(default_factory=dict)  # the options it takes, reference defaults
     step: StepFunction
+
+    @property
+    def uses_predictor(self) -> bool:
+        """A learned solver: needs a distilled predictor file."""
+        return self.predictor is not None
+
+    @property
+    def evaluations_per_interval(self) -> int:
+        """Network evaluations per sample and interval: the K points of a parallel call each count."""
+        return self.evals_per_interval - 1 + self.parallel_points
 
     @property
     def evals_saved_at_zero(self) -> int:
@@ -67,6 +82,7 @@ def _table(*solvers: Solver) -> Mapping[str, Solver]:
 
 DIFF_SOLVERS = "diff-sampler diff-solvers-main/solvers.py"
 AMED_SOLVERS = "diff-sampler amed-solver-main/solvers_amed.py"
+EPD_SOLVERS = "BeierZhu/EPD@94c00d0 (branch EPD-Solver) solvers.py"
 
 SOLVERS = _table(
     Solver(
@@ -152,7 +168,7 @@ SOLVERS = _table(
         display_name="AMED-Solver",
         reference=f"{AMED_SOLVERS} amed_sampler",
         evals_per_interval=2,
-        uses_predictor=True,
+        predictor="amed",
         step=steps.amed,
     ),
     Solver(
@@ -160,7 +176,7 @@ SOLVERS = _table(
         display_name="AMED-Plugin (Euler)",
         reference=f"{AMED_SOLVERS} euler_sampler",
         evals_per_interval=2,
-        uses_predictor=True,
+        predictor="amed",
         step=steps.amed_euler,
     ),
     Solver(
@@ -168,7 +184,7 @@ SOLVERS = _table(
         display_name="AMED-Plugin (DPM-Solver-2)",
         reference=f"{AMED_SOLVERS} dpm_2_sampler",
         evals_per_interval=2,
-        uses_predictor=True,
+        predictor="amed",
         step=steps.amed_dpm2,
     ),
     Solver(
@@ -176,7 +192,7 @@ SOLVERS = _table(
         display_name="AMED-Plugin (iPNDM)",
         reference=f"{AMED_SOLVERS} ipndm_sampler",
         evals_per_interval=2,
-        uses_predictor=True,
+        predictor="amed",
         multistep=True,
         options=_multistep_order(4),
         step=steps.amed_ipndm,
@@ -186,7 +202,7 @@ SOLVERS = _table(
         display_name="AMED-Plugin (iPNDM), uneven-grid weights",
         reference=f"ours: {AMED_SOLVERS} ipndm_sampler with the Adams-Bashforth weights of the actual grid",
         evals_per_interval=2,
-        uses_predictor=True,
+        predictor="amed",
         multistep=True,
         options=_multistep_order(4),
         step=steps.amed_ipndm_uneven,
@@ -196,10 +212,32 @@ SOLVERS = _table(
         display_name="AMED-Plugin (DPM-Solver++)",
         reference=f"{AMED_SOLVERS} dpm_pp_sampler",
         evals_per_interval=2,
-        uses_predictor=True,
+        predictor="amed",
         multistep=True,
         options=_dpmpp_options(3),
         step=steps.amed_dpmpp,
+    ),
+    Solver(
+        name="epd",
+        display_name="EPD-Solver",
+        reference=f"{EPD_SOLVERS} epd_parallel_sampler (K = 2)",
+        evals_per_interval=2,
+        predictor="epd",
+        parallel_points=2,
+        step=steps.epd,
+    ),
+    Solver(
+        name="epd_ipndm",
+        display_name="EPD-Plugin (iPNDM)",
+        reference=f"{EPD_SOLVERS} ipndm_sampler with an EPD predictor (K = 2; max_order 3 as every released "
+        "plugin checkpoint)",
+        evals_per_interval=2,
+        predictor="epd",
+        parallel_points=2,
+        multistep=True,
+        aliases=("epd-plugin",),
+        options=_multistep_order(3),
+        step=steps.epd_ipndm,
     ),
 )
 # Names whose formula changed: a record written before (predictor file format 1, graph format 2 and
@@ -251,6 +289,14 @@ def nfe_for(solver: str, num_points: int, afs: bool = False, ends_at_zero: bool 
     if ends_at_zero:
         n -= spec.evals_saved_at_zero
     return n
+
+
+def evaluations_for(solver: str, num_points: int, afs: bool = False, ends_at_zero: bool = False) -> int:
+    """Network evaluations per sample (forward passes), counting each of a parallel call's K points:
+    equal to `nfe_for` except for EPD, where it is (K + 1)(N - 1) - [AFS] (3N - 4 for K = 2)."""
+    spec = get_solver(solver)
+    extra = (spec.parallel_points - 1) * (num_points - 1 - int(ends_at_zero))
+    return nfe_for(solver, num_points, afs, ends_at_zero) + extra
 
 
 def points_for_nfe(solver: str, nfe: int, afs: bool) -> int:

@@ -80,3 +80,16 @@ def nested_schedule(
     Built as the same schedule with (refine+1)(N-1)+1 points, so every student time point is also a
     teacher time point (the grids nest exactly)."""
     return make_schedule(name, (refine + 1) * (num_points - 1) + 1, sigma_min, sigma_max, rho)
+
+
+def split_intervals(grid: list[float], parts: int, rho: float = 7.0) -> list[float]:
+    """Every interval [a, b] of `grid` cut into `parts` sub-intervals uniform in t^(1/rho) between its
+    ends: the inner steps of EPD's teachers (`inner_steps` = parts + 1 points, rho = 7). The grid's own
+    points stay, at every `parts`-th position."""
+    if parts < 1:
+        raise AmedError(f"an interval splits into at least 1 part, got {parts}")
+    out = [grid[0]]
+    for a, b in zip(grid, grid[1:]):
+        lo, hi = a ** (1 / rho), b ** (1 / rho)
+        out += [(lo + j / parts * (hi - lo)) ** rho for j in range(1, parts)] + [b]
+    return out

@@ -41,7 +41,8 @@ class SolverState:
     slopes: list[Tensor] = field(default_factory=list)  # iPNDM, LMS and the iPNDM plugins: newest last
     slope_times: list[float | Tensor] = field(default_factory=list)  # where each slope was taken
     outputs: list[tuple[float | Tensor, Tensor]] = field(default_factory=list)  # DPM-Solver++: (t, D or d)
-    nfe: int = 0
+    nfe: int = 0  # network calls, one after another
+    evaluations: int = 0  # network evaluations per sample: a parallel call of K points counts K
 
     def push_slope(self, d: Tensor, t: float | Tensor) -> None:
         """Remember a slope and the time it was taken at, dropping the oldest beyond HISTORY."""
@@ -101,6 +102,13 @@ class Interval:
         """D(x, sigma) from one more network call (valid until the next call: executors reuse buffers)."""
         return _call(self.model, self.state, x, sigma, self.t_next).denoised
 
+    def denoise_points(self, x: Tensor, sigma: Tensor) -> Tensor:
+        """D at K points per sample in ONE network call: x [B*K,...] and sigma [B*K], sample-major (sample
+        b's points adjacent), each sample's conditioning repeated K times by the model."""
+        self.state.nfe += 1
+        self.state.evaluations += x.shape[0] // self.x.shape[0]
+        return self.model.denoise_points(x, sigma)
+
     def slope_at(self, x: Tensor, s: float | Tensor, sigma: float | Tensor | None = None) -> Tensor:
         """The slope at (x, s) from one more network call. The network is fed `sigma` (default s; the
         AMED time scale a moves it), the slope is still divided by s."""
@@ -132,6 +140,7 @@ def _sigmas(x: Tensor, value: float | Tensor) -> Tensor:
 
 def _call(model: Model, state: SolverState, x: Tensor, t: float | Tensor, t_next: float) -> Evaluation:
     state.nfe += 1
+    state.evaluations += 1
     return model(x, _sigmas(x, t), _sigmas(x, t_next))
 
 
@@ -144,7 +153,8 @@ def step(model: Model, x: Tensor, t_steps: Sequence[float], n: int, solver: Solv
     if solver.afs and n == 0:
         d = afs_slope(x, t)
         denoised = x - t * d
-        ev = model.predict_without_feature(_sigmas(x, t), _sigmas(x, t_next)) if spec.uses_predictor else None
+        amed = spec.predictor == "amed"
+        ev = model.predict_without_feature(_sigmas(x, t), _sigmas(x, t_next)) if amed else None
     else:
         ev = _call(model, state, x, t, t_next)
         denoised = ev.denoised
@@ -315,6 +325,40 @@ def amed_dpmpp(iv: Interval) -> Tensor:
     x_next = _dpmpp_update(iv, x_s, s, iv.t_next, m_s, _dpmpp_order(config, k + 1, sub_steps), scale=c)
     state.push_output(s, m_s)
     return x_next
+
+
+def epd(iv: Interval) -> Tensor:
+    """EPD-Solver `epd_parallel_sampler`: K points placed by Euler from (x_n, d_n) at learned times,
+    evaluated in one batched call; x_{n+1} = x_n + h sum_k lambda_k c_k g_k (d_n only places the points).
+    A step to t = 0 is Euler (the reference's grids end at sigma_min)."""
+    if iv.to_zero:
+        return euler(iv)
+    return _parallel_points(iv, iv.d)
+
+
+def epd_ipndm(iv: Interval) -> Tensor:
+    """EPD-Plugin, `ipndm_sampler` with an EPD predictor: the K points are placed along iPNDM's
+    Adams-Bashforth direction, the update is EPD's, and only d_n joins the history."""
+    if iv.to_zero:
+        return ipndm(iv)
+    x_next = _parallel_points(iv, adams_bashforth(iv.d, iv.state.slopes, iv.config.max_order))
+    iv.state.push_slope(iv.d, iv.t)
+    return x_next
+
+
+def _parallel_points(iv: Interval, direction: Tensor) -> Tensor:
+    """EPD's update along `direction`: tau_k = t_{n+1}^{r_k} t_n^{1 - r_k}, x_k = x_n + (tau_k - t_n)
+    direction, g_k = (x_k - D(x_k, a_k tau_k)) / tau_k from one call of batch B*K, then
+    x_{n+1} = x_n + h sum_k lambda_k c_k g_k."""
+    row = iv.model.epd_row(iv.n)
+    tau = geometric_time(iv.t, iv.t_next, row.r)  # [K]
+    batch, points = iv.x.shape[0], tau.shape[0]
+    per_point = (1, points) + (1,) * (iv.x.dim() - 1)  # [1,K,1,1,1]: broadcast over samples and pixels
+    x_k = (iv.x.unsqueeze(1) + (tau - iv.t).view(per_point) * direction.unsqueeze(1)).flatten(0, 1)
+    weight = (row.weight * row.c).view(per_point)  # taken before the call reuses buffers
+    denoised = iv.denoise_points(x_k, (row.a * tau).repeat(batch))
+    g = (x_k - denoised).view(batch, points, *iv.x.shape[1:]) / tau.view(per_point)
+    return iv.x + iv.h * (weight * g).sum(1)
 
 
 def _dpmpp(iv: Interval, third_weight: float) -> Tensor:
