@@ -19,6 +19,8 @@ from click.core import ParameterSource
 from amed_deploy import __version__
 from amed_deploy.config import DEFAULT_SCHEDULE
 from amed_deploy.config import solver_options as solver_options_given
+from amed_deploy.data import DEFAULT_FOLDER
+from amed_deploy.datasets import DATASETS
 from amed_deploy.errors import AmedError
 from amed_deploy.outputs import CHECKPOINT_SUFFIXES, IMAGE_FORMATS, check_suffix, plan_outputs
 
@@ -261,15 +263,27 @@ def _mismatch_option(f):
     )(f)
 
 
-def _data_option(help: str):
-    """--data: the Fashion-MNIST IDX folder (Debian's dataset-fashion-mnist location by default)."""
-    return click.option(
-        "--data",
-        default="/usr/share/datasets/fashion-mnist",
-        show_default=True,
-        type=click.Path(file_okay=False, path_type=Path),
-        help=help,
-    )
+def _data_options(help: str):
+    """--data (a Fashion-MNIST IDX folder, Debian's dataset-fashion-mnist location by default, or a
+    CIFAR-10 JPEG zip) and --dataset (which of them; auto tells from the path)."""
+
+    def decorate(f):
+        f = click.option(
+            "--dataset",
+            default="auto",
+            show_default=True,
+            type=click.Choice(["auto", *DATASETS]),
+            help="What --data holds; auto: a .zip file is cifar10, a folder fashion-mnist.",
+        )(f)
+        return click.option(
+            "--data",
+            default=DEFAULT_FOLDER,
+            show_default=True,
+            type=click.Path(path_type=Path),
+            help=f"{help} A Fashion-MNIST IDX folder or a CIFAR-10 JPEG zip (train/<class>/NNNN.jpg, test/...).",
+        )(f)
+
+    return decorate
 
 
 def _resolve_device(device: str):
@@ -1086,7 +1100,7 @@ def bench(networks, nfes, batches, paths, repeats, out, minutes, resume, force) 
 
 
 @main.command("train-edm")
-@_data_option("Fashion-MNIST IDX files (Debian: dataset-fashion-mnist).")
+@_data_options("Training images (the train split).")
 @click.option(
     "--out",
     required=True,
@@ -1106,16 +1120,25 @@ def bench(networks, nfes, batches, paths, repeats, out, minutes, resume, force) 
 )
 @click.option("--channel-mult", default="1,2,2", show_default=True)
 @click.option("--blocks", default=2, show_default=True, type=click.IntRange(1, 16), help="Blocks per resolution.")
+@click.option(
+    "--xflip/--no-xflip",
+    default=None,
+    help="Mirror each training image with probability 1/2 [default: on for cifar10, off for fashion-mnist].",
+)
 @click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option(
     "--init", type=click.Path(dir_okay=False, path_type=Path), callback=_bundled, help="Start from these weights."
 )
 @_device_option
-def train_edm(data, out, minutes, kimg, batch, lr, channels, channel_mult, blocks, seed, init, device) -> None:
-    """Train a class-conditional EDM model on Fashion-MNIST (32x32, 1 channel, 10 classes).
+def train_edm(
+    data, dataset, out, minutes, kimg, batch, lr, channels, channel_mult, blocks, xflip, seed, init, device
+) -> None:  # fmt: skip
+    """Train a class-conditional EDM model (32x32, 10 classes) on Fashion-MNIST (1 channel, an IDX
+    folder: the bundled model's data) or CIFAR-10 (RGB, a JPEG zip; x-flipped by default).
 
-    Resumable: run it again with the same --out to continue (training may span several calls)."""
-    from amed_deploy.data import load_fashion_mnist, to_model_space
+    Resumable: run it again with the same --out and --data to continue (training may span several
+    calls); a run folder refuses data of another dataset."""
+    from amed_deploy.datasets import resolve
     from amed_deploy.train_edm import RUN_FILES, TrainConfig, train
 
     if out.exists() and not out.is_dir():
@@ -1126,16 +1149,25 @@ def train_edm(data, out, minutes, kimg, batch, lr, channels, channel_mult, block
     if not mult or min(mult) < 1:
         raise AmedError(f"--channel-mult takes positive integers, got {channel_mult!r}")
 
-    raw, labels = load_fashion_mnist(data, "train")
+    ds = resolve(data, dataset)
+    raw, labels = ds.load(data, "train")
     import torch
 
-    images = to_model_space(raw)
-    onehot = torch.nn.functional.one_hot(torch.as_tensor(labels, dtype=torch.long), 10).float()
-    cfg = TrainConfig(model_channels=channels, channel_mult=mult, num_blocks=blocks, batch=batch, lr=lr, seed=seed)
-    summary = train(images, onehot, out, cfg, minutes, kimg, device, init)
+    images = torch.from_numpy(raw).float() / 127.5 - 1
+    onehot = torch.nn.functional.one_hot(torch.as_tensor(labels, dtype=torch.long), len(ds.class_names)).float()
+    cfg = TrainConfig(
+        model_channels=channels,
+        channel_mult=mult,
+        num_blocks=blocks,
+        batch=batch,
+        lr=lr,
+        seed=seed,
+        xflip=ds.xflip if xflip is None else xflip,
+    )
+    summary = train(images, onehot, out, cfg, minutes, kimg, device, init, dataset=ds.name)
     click.echo(
         f"trained to {summary['nimg'] / 1000:.0f} kimg ({summary['steps']} steps, {summary['seconds'] / 60:.1f} min "
-        f"in all), recent loss {summary['recent_loss']:.4f}; wrote {out / 'edm.pt'}"
+        f"in all) on {ds.title}, recent loss {summary['recent_loss']:.4f}; wrote {out / 'edm.pt'}"
     )
 
 
@@ -1172,7 +1204,7 @@ def _int_list(value: str, option: str) -> list[int]:
 
 @main.command("eval")
 @_ckpt_option
-@_data_option("Fashion-MNIST IDX files: FID reference statistics come from the training split.")
+@_data_options("FID reference images (the training split).")
 @click.option(
     "--inception",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -1237,9 +1269,9 @@ def _int_list(value: str, option: str) -> list[int]:
 @_mismatch_option
 @_device_option
 def eval_command(
-    ckpt, data, inception, solvers, nfes, predictors, predictor_dir, num, batch, seed, stats_cache, out, markdown,
-    plot, no_fid, rmse_num, reference, reference_points, resize, inception_input, fd_method, resume, force, mismatch,
-    device,
+    ckpt, data, dataset, inception, solvers, nfes, predictors, predictor_dir, num, batch, seed, stats_cache, out,
+    markdown, plot, no_fid, rmse_num, reference, reference_points, resize, inception_input, fd_method, resume, force,
+    mismatch, device,
 ) -> None:  # fmt: skip
     """Measure FID and RMSE (vs a high-accuracy ODE solution) per solver and NFE; write results JSON.
 
@@ -1289,7 +1321,7 @@ def eval_command(
     fid_net, stats = None, None
     if not no_fid:
         fid_net, stats, header["fid"] = prepare_fid(
-            data, inception, loaded.image_shape, dev, stats_cache, batch, resize, inception_input
+            data, inception, loaded.image_shape, dev, stats_cache, batch, resize, inception_input, dataset=dataset
         )
     results = evaluate_cells(
         network, cells, num, batch, seed, dev, stats, fid_net, resize, rmse_num,

@@ -1,8 +1,8 @@
 """Training a small class-conditional EDM model (the bundled demo model): EDM loss, EMA, bf16
 autocast, seeded, and resumable, so training can span several time-limited GPU sessions.
 
-The state file (`train-state.pt`) holds network, EMA, optimiser, step counters and RNG state; a run
-stopped at its time budget resumes from it exactly. Without it, `init` (an exported checkpoint)
+The state file (`train-state.pt`) holds network, EMA, optimiser, step counters, RNG state and the
+dataset's name; a run stopped at its time budget resumes from it exactly. Without it, `init` (an exported checkpoint)
 restarts from saved weights with a fresh optimiser."""
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ class TrainConfig:
     p_std: float = 1.2
     sigma_data: float = 0.5
     seed: int = 0
+    xflip: bool = False  # mirror each training image with probability 1/2 (drawn from the run's generator)
     extra: dict = field(default_factory=dict)
 
     def network_kwargs(self, resolution: int, channels: int, label_dim: int) -> dict:
@@ -78,6 +79,13 @@ def edm_loss(net: nn.Module, images: Tensor, labels: Tensor | None, cfg: TrainCo
     return (weight * (denoised - images).square()).mean()
 
 
+def xflip_batch(images: Tensor, gen: torch.Generator) -> Tensor:
+    """Each image mirrored left-right with probability 1/2; the coins come from `gen`, so a resumed
+    run (whose generator state is saved) draws the same flips as an uninterrupted one."""
+    flip = torch.rand(images.shape[0], device=images.device, generator=gen) < 0.5
+    return torch.where(flip[:, None, None, None], images.flip(-1), images)
+
+
 def _ema_beta(cfg: TrainConfig, nimg: int) -> float:
     halflife = (
         min(cfg.ema_halflife_kimg * 1000, nimg * cfg.ema_rampup) if cfg.ema_rampup else cfg.ema_halflife_kimg * 1000
@@ -95,9 +103,12 @@ def train(
     device: str | torch.device = "cuda",
     init: str | os.PathLike | None = None,
     progress: bool = True,
+    dataset: str | None = None,
 ) -> dict:
     """Train until `minutes` of wall time or `total_kimg` images, then save state and the EMA
-    checkpoint (`edm.pt`, plus `edm-fp16.safetensors` for bundling). Returns a summary."""
+    checkpoint (`edm.pt`, plus `edm-fp16.safetensors` for bundling). Returns a summary.
+
+    `dataset` names the training data; it is recorded, and a run folder made with another refuses to resume."""
     device = torch.device(device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -112,6 +123,12 @@ def train(
     nimg, steps, seconds = 0, 0, 0.0
     if state_path.exists():
         state = torch.load(state_path, map_location=device, weights_only=True)
+        made_with = state.get("dataset", dataset)  # a state file from before datasets were recorded resumes
+        if made_with != dataset:
+            raise AmedError(
+                f"{state_path} is a run on {made_with or 'unnamed data'}, not {dataset or 'unnamed data'}; "
+                "resume it with its own --data, or use a new --out"
+            )
         if state["network_kwargs"] != kwargs:
             raise AmedError(f"{state_path} was made with another network configuration; use a new --out")
         net.load_state_dict(state["net"])
@@ -141,8 +158,9 @@ def train(
         idx = torch.randint(images.shape[0], (cfg.batch,), device=device, generator=gen)
         for g in opt.param_groups:
             g["lr"] = cfg.lr * min(nimg / max(cfg.lr_rampup_kimg * 1000, 1e-8), 1.0)
+        x = xflip_batch(images[idx], gen) if cfg.xflip else images[idx]
         with autocast:
-            loss = edm_loss(net, images[idx], labels[idx], cfg, gen)
+            loss = edm_loss(net, x, labels[idx], cfg, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         for p in net.parameters():
@@ -159,13 +177,16 @@ def train(
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
         bar.update(cfg.batch)
         if time.monotonic() - last_save > 300:
-            _save_state(state_path, net, ema, opt, gen, nimg, steps, seconds + time.monotonic() - start, kwargs)
+            _save_state(
+                state_path, net, ema, opt, gen, nimg, steps, seconds + time.monotonic() - start, kwargs, dataset
+            )
             last_save = time.monotonic()
     bar.close()
     seconds += time.monotonic() - start
-    _save_state(state_path, net, ema, opt, gen, nimg, steps, seconds, kwargs)
+    _save_state(state_path, net, ema, opt, gen, nimg, steps, seconds, kwargs, dataset)
     meta = {
         "training": {
+            "dataset": dataset,
             "nimg": nimg,
             "steps": steps,
             "seconds": round(seconds, 1),
@@ -184,7 +205,7 @@ def train(
     }
 
 
-def _save_state(path: Path, net, ema, opt, gen, nimg, steps, seconds, kwargs) -> None:
+def _save_state(path: Path, net, ema, opt, gen, nimg, steps, seconds, kwargs, dataset) -> None:
     buf = io.BytesIO()
     torch.save(
         {
@@ -196,6 +217,7 @@ def _save_state(path: Path, net, ema, opt, gen, nimg, steps, seconds, kwargs) ->
             "steps": steps,
             "seconds": seconds,
             "network_kwargs": kwargs,
+            "dataset": dataset,
         },
         buf,
     )

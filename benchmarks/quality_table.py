@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from amed_deploy.datasets import DATASETS
 from amed_deploy.evaluation.pca import trajectory_pca
 from amed_deploy.evaluation.plots import plot_fid_vs_nfe, plot_pca, require_matplotlib
 from amed_deploy.evaluation.quality import ReferenceCache, prepare_fid
@@ -62,7 +63,8 @@ def main() -> None:
     ap.add_argument("--ckpt", required=True)
     ap.add_argument("--predictor-dir", default=".")
     ap.add_argument("--predictors", default=",".join(predictor_templates()), help="as `amed-deploy eval`")
-    ap.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
+    ap.add_argument("--data", default="/usr/share/datasets/fashion-mnist", help="as `amed-deploy eval`")
+    ap.add_argument("--dataset", default="auto", choices=["auto", *DATASETS], help="as `amed-deploy eval`")
     ap.add_argument("--inception", required=True)
     ap.add_argument(
         "--solvers",
@@ -101,7 +103,14 @@ def main() -> None:
     solvers = default_solvers(found) if args.solvers is None else args.solvers.split(",")
     cells = plan_cells(network, loaded.checkpoint_sha256, solvers, nfes, found, device)
     inception, stats, fid_info = prepare_fid(
-        args.data, args.inception, loaded.image_shape, device, work / "train-stats.npz", args.batch, args.resize
+        args.data,
+        args.inception,
+        loaded.image_shape,
+        device,
+        work / "train-stats.npz",
+        args.batch,
+        args.resize,
+        dataset=args.dataset,
     )
     header = {"checkpoint": args.ckpt, "checkpoint_sha256": loaded.checkpoint_sha256, "fid": fid_info}
     results = evaluate_cells(

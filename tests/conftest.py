@@ -95,3 +95,41 @@ def epd_predictor(workdir, tiny_ckpt) -> Path:
     bundle = PredictorBundle(network.predictor, sampler, None, file_sha256(tiny_ckpt), model_sha256=model_sha256(ckpt))
     save_predictor(path, bundle)
     return path
+
+
+def flat_jpeg(rgb: tuple[int, ...], size: int = 32, mode: str = "RGB") -> bytes:
+    """A one-colour JPEG at quality 75: it decodes to within a few levels of its colour."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new(mode, (size, size), rgb if mode == "RGB" else rgb[0]).save(buf, "JPEG", quality=75)
+    return buf.getvalue()
+
+
+def cifar_colour(split: str, label: int, index: int) -> tuple[int, int, int]:
+    """The colour of image `index` of class `label` in a zip from write_cifar_zip (distinct per image)."""
+    return 25 * label + 5, 40 * index + (140 if split == "test" else 20), 200 - 15 * label
+
+
+def write_cifar_zip(path: Path, train: int = 2, test: int = 1, members: dict | None = None) -> Path:
+    """A CIFAR-10 JPEG zip of flat-colour images (`train`/`test` per class), stored uncompressed like
+    the real one and written in reverse order (the reader must sort). `members` adds or replaces
+    members by name (bytes; None removes one)."""
+    import zipfile
+
+    from amed_deploy.cifar10 import CLASS_NAMES
+
+    files = {
+        f"{split}/{name}/{i:04d}.jpg": flat_jpeg(cifar_colour(split, c, i))
+        for split, n in (("train", train), ("test", test))
+        for c, name in enumerate(CLASS_NAMES)
+        for i in range(n)
+    }
+    files.update(members or {})
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        for name, payload in reversed(files.items()):
+            if payload is not None:
+                zf.writestr(name, payload)
+    return path

@@ -1,12 +1,15 @@
-"""The trainer: EDM loss, resumable state (a split run equals an uninterrupted one), outputs."""
+"""The trainer: EDM loss, resumable state (a split run equals an uninterrupted one, x-flips included),
+the dataset a run is bound to, outputs, and `train-edm` on a CIFAR-10 zip."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from amed_deploy.checkpoint.build import build_model
 from amed_deploy.checkpoint.load import load_checkpoint
-from amed_deploy.train_edm import TrainConfig, _ema_beta, train
+from amed_deploy.errors import AmedError
+from amed_deploy.train_edm import TrainConfig, _ema_beta, train, xflip_batch
 
 CFG = TrainConfig(
     model_channels=8,
@@ -60,3 +63,83 @@ def test_training_reduces_the_loss_and_ema_ramps(tmp_path):
     assert l1 < 0.8 * l0, (l0, l1)
     # EMA half-life ramps with the images seen, then saturates at ema_halflife_kimg
     assert _ema_beta(CFG, 80) < _ema_beta(CFG, 8000) < _ema_beta(CFG, 10**9) < 1
+
+
+def _rgb_data():
+    """RGB images whose left and right halves differ (a mirrored image is a different input)."""
+    g = torch.Generator().manual_seed(0)
+    classes = torch.randint(3, (32,), generator=g)
+    ramp = torch.linspace(-0.8, 0.8, 16).expand(3, 16, 16) * torch.tensor([1.0, -0.5, 0.25])[:, None, None]
+    images = ramp * (classes.float() - 1).reshape(-1, 1, 1, 1) + 0.05 * torch.randn(32, 3, 16, 16, generator=g)
+    return images, torch.nn.functional.one_hot(classes, 3).float()
+
+
+def test_xflip_batch_is_seeded_and_mirrors_about_half():
+    images = torch.randn(400, 3, 4, 4)
+    a = xflip_batch(images, torch.Generator().manual_seed(7))
+    assert torch.equal(a, xflip_batch(images, torch.Generator().manual_seed(7)))  # same seed, same flips
+    assert not torch.equal(a, xflip_batch(images, torch.Generator().manual_seed(8)))
+    flipped = (a == images.flip(-1)).flatten(1).all(1)
+    kept = (a == images).flatten(1).all(1)
+    assert bool((flipped ^ kept).all())  # each image is itself or its mirror, whole
+    assert 150 < int(flipped.sum()) < 250
+
+
+def test_resumed_rgb_training_with_xflip_equals_uninterrupted(tmp_path):
+    images, labels = _rgb_data()
+    cfg = TrainConfig(**{**CFG.__dict__, "xflip": True})
+    kw = dict(minutes=5, device="cpu", progress=False, dataset="cifar10")
+    train(images, labels, tmp_path / "a", cfg, total_kimg=0.032, **kw)
+    train(images, labels, tmp_path / "b", cfg, total_kimg=0.016, **kw)
+    train(images, labels, tmp_path / "b", cfg, total_kimg=0.032, **kw)
+    train(images, labels, tmp_path / "c", CFG, total_kimg=0.032, **kw)  # the same run without flips
+    a, b, c = (load_checkpoint(tmp_path / run / "edm.pt") for run in "abc")
+    assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
+    assert not all(torch.equal(a.state_dict[k], c.state_dict[k]) for k in a.state_dict)  # the flips took effect
+    assert a.network_kwargs["img_channels"] == 3
+    assert b.metadata["training"]["dataset"] == "cifar10" and b.metadata["training"]["config"]["xflip"] is True
+
+
+def test_a_run_resumes_only_on_its_own_dataset(tmp_path):
+    images, labels = _data()
+    kw = dict(minutes=5, device="cpu", progress=False)
+    train(images, labels, tmp_path / "r", CFG, total_kimg=0.008, dataset="cifar10", **kw)
+    with pytest.raises(AmedError, match=r"train-state.pt is a run on cifar10, not fashion-mnist; resume it with"):
+        train(images, labels, tmp_path / "r", CFG, total_kimg=0.016, dataset="fashion-mnist", **kw)
+    # a state file written before datasets were recorded resumes as before
+    state_path = tmp_path / "r" / "train-state.pt"
+    state = torch.load(state_path, weights_only=True)
+    del state["dataset"]
+    torch.save(state, state_path)
+    assert train(images, labels, tmp_path / "r", CFG, total_kimg=0.016, dataset="fashion-mnist", **kw)["steps"] == 2
+
+
+def test_train_edm_command_on_a_cifar_zip(tmp_path):
+    import numpy as np
+    from click.testing import CliRunner
+    from conftest import write_cifar_zip
+    from test_data import write_split
+
+    from amed_deploy.cli import main
+
+    data = write_cifar_zip(tmp_path / "c.zip", train=1)
+    out = tmp_path / "run"
+    tiny = ["--channels", "8", "--channel-mult", "1", "--blocks", "1", "--batch", "4", "--kimg", "0.004"]
+    args = ["train-edm", "--data", str(data), "--out", str(out), *tiny, "--device", "cpu"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    assert "on CIFAR-10" in r.output
+    ckpt = load_checkpoint(out / "edm.pt")
+    assert (ckpt.network_kwargs["img_channels"], ckpt.network_kwargs["label_dim"]) == (3, 10)
+    training = ckpt.metadata["training"]
+    assert training["dataset"] == "cifar10" and training["config"]["xflip"] is True  # the dataset's default
+    # the same run folder with other data: one error line
+    (tmp_path / "fashion").mkdir()
+    write_split(tmp_path / "fashion", "train", np.zeros((4, 28, 28), np.uint8), np.arange(4, dtype=np.uint8))
+    r = CliRunner().invoke(main, [*args[:2], str(tmp_path / "fashion"), *args[3:]])
+    assert r.exit_code == 2 and "error: " in r.output and "is a run on cifar10, not fashion-mnist" in r.output
+    # --no-xflip and --dataset reach the trainer
+    args = ["train-edm", "--data", str(data), "--dataset", "cifar10", "--out", str(tmp_path / "r2"), *tiny]
+    r = CliRunner().invoke(main, [*args, "--no-xflip", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert load_checkpoint(tmp_path / "r2" / "edm.pt").metadata["training"]["config"]["xflip"] is False

@@ -13,7 +13,8 @@ from tqdm.auto import tqdm
 
 from ..amed_network import AMEDNetwork, TorchModel
 from ..config import SamplerConfig
-from ..data import from_model_space, load_fashion_mnist, pad_images
+from ..data import from_model_space
+from ..datasets import resolve
 from ..errors import AmedError
 from ..networks import image_shape
 from ..sampling import reference_sample
@@ -81,16 +82,22 @@ def prepare_fid(
     resize: str = "tf",
     input_scale: str = "auto",
     progress: bool = True,
+    dataset: str = "auto",
 ) -> tuple[object, tuple[np.ndarray, np.ndarray], dict]:
-    """(Inception, training-set (mu, sigma), protocol record): the Fashion-MNIST training images padded
-    to 32x32 like the model's samples, their statistics cached in `stats_cache` when given."""
+    """(Inception, training-set (mu, sigma), protocol record): the training images of the dataset at
+    `data` (`dataset`: its name, or auto to tell from the path) in the model's geometry, their
+    statistics cached in `stats_cache` when given."""
     from ..fid import dataset_stats_cached, feature_stats, inception_features, load_inception
 
-    if tuple(image_shape) != (1, 32, 32):
-        raise AmedError(f"the model makes {'x'.join(map(str, image_shape))} images; Fashion-MNIST FID needs 1x32x32")
+    ds = resolve(data, dataset)
+    if tuple(image_shape) != ds.image_shape:
+        shape, needs = "x".join(map(str, image_shape)), "x".join(map(str, ds.image_shape))
+        raise AmedError(
+            f"the model makes {shape} images; {ds.title} FID needs {needs} (give the model's own dataset as --data)"
+        )
     inception = load_inception(inception_path, device, input_scale)
-    raw, _ = load_fashion_mnist(data, "train")
-    images = torch.from_numpy(pad_images(raw))
+    raw, _ = ds.load(data, "train")
+    images = torch.from_numpy(raw)
     bar = tqdm(total=len(images), desc="inception (training set)", unit="img", disable=not progress)
     try:
         if stats_cache is None:
@@ -106,7 +113,7 @@ def prepare_fid(
         "inception_call": "return_features=True" if inception.return_features else "forward(x)",
         "input_scale": "0..255" if inception.input_scale == "uint8" else "(pixel - 128) / 128",
         "resize": resize,
-        "reference_images": f"Fashion-MNIST train ({len(images)}), padded to 32x32",
+        "reference_images": ds.describe(data, "train", len(images)),
     }
     return inception, stats, info
 
