@@ -23,6 +23,7 @@ import torch
 from .amed_network import AMEDNetwork, TorchModel
 from .checkpoint.format import Checkpoint, model_sha256, save_checkpoint
 from .config import EDM_SIGMA_RANGE, SamplerConfig
+from .epd_table import EPDTable
 from .errors import AmedError, first_line
 from .files import file_sha256
 from .networks import CIFAR10_KWARGS, build_network, image_shape, randomize_
@@ -170,9 +171,10 @@ def random_cifar10() -> tuple[torch.nn.Module, dict]:
     return randomize_(build_network("EDMPrecond", dict(CIFAR10_KWARGS)), 0, 0.5).eval(), dict(CIFAR10_KWARGS)
 
 
-def bench_sampler(nfe: int) -> SamplerConfig:
-    """AMED-Solver on the EDM time grid, with AFS at odd NFE (as the paper's NFE 5 rows)."""
-    return SamplerConfig.create("amed", nfe, "time_uniform", EDM_SIGMA_RANGE, afs=nfe % 2 == 1)
+def bench_sampler(nfe: int, solver: str = "amed") -> SamplerConfig:
+    """A learned solver (AMED-Solver, or EPD at the same parallel NFE) on the EDM time grid, with AFS at
+    odd NFE (as the papers' NFE 5 rows)."""
+    return SamplerConfig.create(solver, nfe, "time_uniform", EDM_SIGMA_RANGE, afs=nfe % 2 == 1)
 
 
 def prepare_model(name: str, net: torch.nn.Module, kwargs: dict, sampler: SamplerConfig, folder: Path) -> BenchModel:
@@ -181,8 +183,10 @@ def prepare_model(name: str, net: torch.nn.Module, kwargs: dict, sampler: Sample
     checkpoint = Checkpoint("EDMPrecond", kwargs, net.state_dict(), {})
     save_checkpoint(checkpoint, ckpt)
     torch.manual_seed(0)
-    network = AMEDNetwork(net, AMEDPredictor()).eval()
-    pred = folder / f"{name}-amed{sampler.nfe}.pt"
+    epd = sampler.solver_config.spec.predictor == "epd"
+    predictor = EPDTable(sampler.num_points - 1) if epd else AMEDPredictor()
+    network = AMEDNetwork(net, predictor).eval()
+    pred = folder / f"{name}-{sampler.solver}{sampler.nfe}.pt"
     save_predictor(
         pred,
         PredictorBundle(
@@ -317,8 +321,11 @@ def run_bench(
     previous: dict | None = None,
     deadline: float | None = None,
     save: Callable[[list[Row], dict], None] | None = None,
+    solver: str = "amed",
 ) -> tuple[list[Row], dict]:
-    """Every (model, NFE, batch, path) cell, measured in one process; returns rows and facts.
+    """Every (model, NFE, batch, path) cell, measured in one process; returns rows and facts. `solver`
+    is the learned solver sampled (amed, or epd: its rows' network is named `<network>-epd`, and its
+    network time is the batch-B call alone, so its loop overhead also holds the K*B call).
 
     `previous` (an earlier call's rows_to_json, same GPU) resumes: its cells are kept, not measured
     again, and its eager rows stay the speedup baseline. No new cell starts after `deadline`
@@ -333,14 +340,15 @@ def run_bench(
         facts = {"gpu": gpu, "torch": torch.__version__, "fp16_matmul_tflops": fp16_matmul_tflops()}
     facts["complete"] = True
     done = done_cells(rows)  # the resumed cells; each new cell is measured once
-    for name, net, kwargs in models:
+    for base, net, kwargs in models:
+        name = base if solver == "amed" else f"{base}-{solver}"
         for nfe in nfes:
             if all(cell_key(name, nfe, b, p) in done for b in batches for p in paths):
                 continue
             if deadline is not None and time.monotonic() > deadline:
                 facts["complete"] = False
                 continue
-            sampler = bench_sampler(nfe)
+            sampler = bench_sampler(nfe, solver)
             model = prepare_model(f"{name}-nfe{nfe}", net, kwargs, sampler, folder)
             facts.setdefault("gflops_per_image", {})[name] = model.flops_per_image / 1e9
             shape, label_dim = image_shape(model.network.net), model.network.label_dim

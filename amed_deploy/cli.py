@@ -1028,8 +1028,16 @@ def run(
 )
 @click.option("--minutes", type=POSITIVE, default=None, help="Start no new cell after this many minutes.")
 @click.option("--resume", is_flag=True, help="Keep the cells already in OUT.json (same GPU) and measure the rest.")
+@click.option(
+    "--solver",
+    default="amed",
+    show_default=True,
+    type=click.Choice(["amed", "epd", "epd_ipndm"]),
+    help="The learned solver sampled (an untrained predictor: speed does not depend on training); EPD rows "
+    "are named <network>-epd, at the same parallel NFE.",
+)
 @_force_option
-def bench(networks, nfes, batches, paths, repeats, out, minutes, resume, force) -> None:
+def bench(networks, nfes, batches, paths, repeats, out, minutes, resume, solver, force) -> None:
     """Benchmark the deployed sampler on the GPU against the eager fp32 PyTorch loop (same run).
 
     Reports network-alone and end-to-end latency, images/s, speedup, loop overhead, the fraction of
@@ -1092,6 +1100,7 @@ def bench(networks, nfes, batches, paths, repeats, out, minutes, resume, force) 
         previous=previous,
         deadline=deadline,
         save=save,
+        solver=solver,
     )
     save(rows, facts)
     click.echo(render_markdown(rows, facts))

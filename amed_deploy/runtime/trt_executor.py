@@ -101,7 +101,8 @@ class TRTExecutor(Executor):
     def _execute(self, batch: int) -> None:
         """Enqueue one evaluation on torch's current stream; no host synchronisation."""
         stream = torch.cuda.current_stream(self.device).cuda_stream
-        if not self.contexts[batch].execute_async_v3(stream):
+        context = self.contexts[batch]
+        if not context.execute_async_v3(stream):
             raise AmedError(f"TensorRT execution failed ({self._logger.last_errors()})")
 
     def _release(self) -> None:
