@@ -14,6 +14,7 @@ import os
 import pickle
 import subprocess
 import sys
+import tracemalloc
 import types
 import warnings
 from collections import OrderedDict
@@ -443,6 +444,33 @@ def test_tensor_view_past_its_storage_is_refused(tmp_path):
         load_edm_snapshot(path)
 
 
+def test_view_with_more_elements_than_its_storage_is_refused(tmp_path):
+    """A stride-0 view of 4 floats can claim 2**40 elements; hashing or saving it would allocate them all."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        storage = torch.arange(4, dtype=torch.float32).storage()
+    sur = surrogate(TinyNet())
+    sur.state["_buffers"]["u"] = Call(
+        torch._utils._rebuild_tensor_v2, storage, 0, (2**20, 2**20), (0, 0), False, OrderedDict()
+    )
+    path = tmp_path / "wide.pkl"
+    with _fake_edm_modules():
+        path.write_bytes(pickle.dumps({"ema": sur}))
+    with pytest.raises(AmedError, match="has 1099511627776 elements but its storage holds only 4"):
+        load_edm_snapshot(path)
+
+
+def test_storage_larger_than_its_payload_is_refused(tmp_path, monkeypatch):
+    """The view check trusts the storage size, so a storage bigger than its bytes in the file is refused."""
+    path = write_snapshot(tmp_path / "s.pkl", TinyNet(), {})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        big = torch.zeros(1 << 16, dtype=torch.float32).storage()
+    monkeypatch.setattr(torch, "load", lambda *a, **kw: big)
+    with pytest.raises(AmedError, match="claims 262144 bytes but its payload has only"):
+        load_edm_snapshot(path)
+
+
 def _snapshot_with_child(tmp_path: Path, child: object) -> Path:
     sur = surrogate(TinyNet())
     sur.state["_modules"]["evil"] = child
@@ -551,6 +579,29 @@ def test_truncated_snapshots_raise_amed_error(tmp_path, good_snapshot):
         path.write_bytes(good_snapshot[:cut])
         with pytest.raises(AmedError):
             load_edm_snapshot(path)
+
+
+def test_huge_memo_index_is_refused_without_allocating(tmp_path):
+    """The C unpickler sizes its memo array from a PUT's index and zero-fills it: LONG_BINPUT 2**24
+    alone made it allocate 256 MB. Single byte flips of good_snapshot that turn an opcode into
+    LONG_BINPUT made it zero-fill up to 7 GB (or ask for 20+ GB): the byte-flip test's OOM risk.
+
+    The snapshot is otherwise valid (None is memoized and popped right after PROTO), so the old loader
+    accepted it after allocating the memo.
+    """
+    raw = snapshot_bytes(TinyNet(), TINY_KWARGS, protocol=2)
+    assert raw[:2] == b"\x80\x02"
+    pad = pickle.NONE + pickle.LONG_BINPUT + (2**24).to_bytes(4, "little") + pickle.POP
+    path = tmp_path / "memo.pkl"
+    path.write_bytes(raw[:2] + pad + raw[2:])
+    tracemalloc.start()
+    try:
+        with pytest.raises(AmedError, match="memo index 16777216 at byte 3 is past the 0 objects stored before it"):
+            load_edm_snapshot(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -17,8 +17,10 @@ file. Its unpickler resolves only a short allow-list of globals, each to an iner
 - ``collections.OrderedDict``, ``builtins.set``/``frozenset`` and ``_codecs.encode`` (latin-1 only,
   how protocol-2 pickles spell ``bytes``).
 
-Every other global raises :class:`AmedError` before anything is called. The network's state dict is
-then rebuilt by walking the inert records exactly as ``nn.Module.state_dict`` would.
+Every other global raises :class:`AmedError` before anything is called. Before unpickling, one scan
+of the opcodes refuses memo indices and lengths that the file cannot back, so a corrupt number cannot
+make the C unpickler allocate gigabytes. The network's state dict is then rebuilt by walking the inert
+records exactly as ``nn.Module.state_dict`` would.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import math
 import mmap
 import os
 import pickle
+import pickletools
 import re
 import struct
 import warnings
@@ -195,6 +198,9 @@ def _load_storage(data: Any) -> torch.storage.TypedStorage:
         raise AmedError(f"a tensor storage is corrupt ({type(e).__name__}: {torch_error_reason(e)})") from None
     if not isinstance(storage, torch.storage.TypedStorage):
         raise AmedError(f"a tensor storage payload decoded to {type(storage).__name__}, not a typed storage")
+    nbytes = storage._untyped_storage.nbytes()
+    if nbytes > len(data):  # torch checks this today; the view check in _rebuild_tensor relies on it
+        raise AmedError(f"a tensor storage claims {nbytes} bytes but its payload has only {len(data)}")
     return storage
 
 
@@ -213,8 +219,10 @@ def _rebuild_tensor(
 ) -> torch.Tensor:
     """Replacement for ``torch._utils._rebuild_tensor_v2`` that checks the view fits in its storage.
 
-    ``Tensor.set_`` does not bounds-check, so a crafted size/stride would read past the buffer.
-    Hooks and metadata are ignored: the result is a plain, grad-free tensor.
+    ``Tensor.set_`` does not bounds-check, so a crafted size/stride would read past the buffer. A view
+    with more elements than its storage (stride 0 or overlapping) is refused too: no state dict holds
+    one, and copying it (hashing, saving, the finite check) would allocate its element count, not the
+    file's bytes. Hooks and metadata are ignored: the result is a plain, grad-free tensor.
     """
     if not isinstance(storage, torch.storage.TypedStorage):
         raise AmedError("tensor rebuilt from something that is not a typed storage")
@@ -226,13 +234,18 @@ def _rebuild_tensor(
     if not all(_is_int(s) and s >= 0 for s in size) or not all(_is_int(s) and s >= 0 for s in stride):
         raise AmedError(f"bad tensor size {_short(size)} / stride {_short(stride)}")
     available = untyped.nbytes() // dtype.itemsize
-    if math.prod(size) > 0:
+    numel = math.prod(size)
+    if numel > 0:
         last = storage_offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
         if last >= available:
             raise AmedError(
                 f"tensor of size {_short(list(size))} (stride {_short(list(stride))}, offset {storage_offset}) "
                 f"does not fit in its storage of {available} elements"
             )
+    if numel > available:
+        raise AmedError(
+            f"tensor of size {_short(list(size))} has {numel} elements but its storage holds only {available}"
+        )
     t = torch.empty((0,), dtype=dtype)
     t.set_(untyped, storage_offset, tuple(size), tuple(stride))
     return t
@@ -337,6 +350,13 @@ class _MMapReader:
     def __init__(self, mm: mmap.mmap) -> None:
         self._mm = mm
 
+    def tell(self) -> int:
+        return self._mm.tell()
+
+    def seek(self, pos: int) -> int:
+        self._mm.seek(pos)
+        return pos
+
     def read(self, n: int = -1) -> bytes:
         return self._mm.read(n)
 
@@ -349,9 +369,34 @@ class _MMapReader:
         return len(data)
 
 
+_MEMO_PUTS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+
+
+def _check_memo_indices(file: Any) -> None:
+    """Refuse memo indices that no pickler writes, before the C unpickler acts on them.
+
+    ``_pickle`` grows its memo array to twice a PUT's index and zero-fills it, so a single corrupt
+    LONG_BINPUT (a 4-byte index) makes it touch up to 64 GB before anything fails. Picklers number
+    the memo 0, 1, 2, ...: an index past the next free slot is corrupt. ``genops`` also reads every
+    counted string and frame, so a length past the end of the data fails here, before the unpickler
+    allocates a buffer of that length.
+    """
+    stored = 0
+    for op, arg, pos in pickletools.genops(file):
+        if op.name == "MEMOIZE":
+            stored += 1
+        elif op.name in _MEMO_PUTS:
+            if arg > stored:
+                raise AmedError(f"memo index {arg} at byte {pos} is past the {stored} objects stored before it")
+            stored = max(stored, arg + 1)
+
+
 def safe_unpickle(file: Any, what: str = "pickle") -> Any:
-    """Unpickle from a binary file object with the allow-list; any failure becomes an AmedError."""
+    """Unpickle from a seekable binary file object with the allow-list; any failure becomes an AmedError."""
     try:
+        start = file.tell()
+        _check_memo_indices(file)
+        file.seek(start)
         return _SafeUnpickler(file).load()
     except _Refused as e:
         raise AmedError(f"refusing to load {what}: {e}") from None
@@ -470,8 +515,8 @@ def load_edm_snapshot(path: str | os.PathLike) -> Checkpoint:
             raise AmedError(
                 f"{what} is a torch.save zip archive, not an EDM snapshot pickle; load it with load_checkpoint"
             )
-        # Read through a memory map: a corrupt length field then cannot make the unpickler allocate
-        # gigabytes up front, and a multi-GB snapshot is not copied into memory first.
+        # Read through a memory map: a multi-GB snapshot is not copied into memory first, and no read
+        # goes past the end of the file (declared lengths are checked by _check_memo_indices' scan).
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
             data = safe_unpickle(_MMapReader(mm), what)
 
