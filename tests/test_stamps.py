@@ -128,11 +128,11 @@ def _as_written_before(cfg: SamplerConfig) -> dict:
 
 
 def _predictor_file(path, sampler: dict, version: int):
-    from amed_deploy.predictor_file import FORMAT_VERSION as PREDICTOR_VERSION
+    from amed_deploy.predictor_file import AMED_VERSION
 
     save_predictor(path, PredictorBundle(AMEDPredictor(PredictorConfig()), _plugin_sampler(), "t", "ab" * 32))
     payload = torch.load(path, weights_only=True)
-    assert payload["format_version"] == PREDICTOR_VERSION == 2
+    assert payload["format_version"] == AMED_VERSION == 2  # AMED files keep version 2 (3 adds EPD tables)
     payload.update(format_version=version, sampler=sampler)
     torch.save(payload, path)
     return path
@@ -156,8 +156,8 @@ def test_a_current_predictor_for_amed_ipndm_stays_amed_ipndm(tmp_path):
     path = tmp_path / "p.pt"
     save_predictor(path, PredictorBundle(AMEDPredictor(PredictorConfig()), _plugin_sampler(), "t", "ab" * 32))
     assert load_predictor(path).sampler == _plugin_sampler()
-    written_by_a_newer = _predictor_file(tmp_path / "new.pt", _plugin_sampler().to_dict(), 3)
-    with pytest.raises(AmedError, match="format version 3, from a newer amed-deploy"):
+    written_by_a_newer = _predictor_file(tmp_path / "new.pt", _plugin_sampler().to_dict(), 4)
+    with pytest.raises(AmedError, match="format version 4, from a newer amed-deploy"):
         load_predictor(written_by_a_newer)
 
 
@@ -173,7 +173,7 @@ def _graph_record(version: int, sampler: dict) -> dict:
 def test_a_version_2_graph_record_for_amed_ipndm_reads_as_the_uneven_formula(version):
     spec = GraphSpec.from_dict(_graph_record(version, _as_written_before(_plugin_sampler())))
     assert spec.sampler.solver == "amed_ipndm_uneven" and spec.sampler.max_order == 4
-    assert spec.to_dict()["format_version"] == FORMAT_VERSION == 3  # rewritten under its new name
+    assert spec.to_dict()["format_version"] == FORMAT_VERSION == 4  # rewritten under its new name
     assert GraphSpec.from_dict(spec.to_dict()) == spec
 
 
