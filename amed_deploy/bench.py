@@ -171,6 +171,9 @@ def random_cifar10() -> tuple[torch.nn.Module, dict]:
     return randomize_(build_network("EDMPrecond", dict(CIFAR10_KWARGS)), 0, 0.5).eval(), dict(CIFAR10_KWARGS)
 
 
+BENCH_SOLVERS = ("amed", "epd", "epd_ipndm")  # the learned solvers `bench` can sample
+
+
 def bench_sampler(nfe: int, solver: str = "amed") -> SamplerConfig:
     """A learned solver (AMED-Solver, or EPD at the same parallel NFE) on the EDM time grid, with AFS at
     odd NFE (as the papers' NFE 5 rows)."""

@@ -1029,15 +1029,15 @@ def run(
 @click.option("--minutes", type=POSITIVE, default=None, help="Start no new cell after this many minutes.")
 @click.option("--resume", is_flag=True, help="Keep the cells already in OUT.json (same GPU) and measure the rest.")
 @click.option(
-    "--solver",
+    "--solvers",
     default="amed",
     show_default=True,
-    type=click.Choice(["amed", "epd", "epd_ipndm"]),
-    help="The learned solver sampled (an untrained predictor: speed does not depend on training); EPD rows "
-    "are named <network>-epd, at the same parallel NFE.",
+    help="Comma-separated learned solvers sampled, one after the other in this run: amed, epd, epd_ipndm "
+    "(an untrained predictor: speed does not depend on training); EPD rows are named <network>-epd, at "
+    "the same parallel NFE.",
 )
 @_force_option
-def bench(networks, nfes, batches, paths, repeats, out, minutes, resume, solver, force) -> None:
+def bench(networks, nfes, batches, paths, repeats, out, minutes, resume, solvers, force) -> None:
     """Benchmark the deployed sampler on the GPU against the eager fp32 PyTorch loop (same run).
 
     Reports network-alone and end-to-end latency, images/s, speedup, loop overhead, the fraction of
@@ -1049,7 +1049,7 @@ def bench(networks, nfes, batches, paths, repeats, out, minutes, resume, solver,
     import torch
 
     from amed_deploy import assets
-    from amed_deploy.bench import PATHS, random_cifar10, render_markdown, rows_to_json, run_bench
+    from amed_deploy.bench import BENCH_SOLVERS, PATHS, random_cifar10, render_markdown, rows_to_json, run_bench
     from amed_deploy.checkpoint.build import build_model
     from amed_deploy.checkpoint.load import load_checkpoint
     from amed_deploy.files import atomic_write_bytes
@@ -1057,11 +1057,15 @@ def bench(networks, nfes, batches, paths, repeats, out, minutes, resume, solver,
     check_suffix(out, (".md",), "--out")
     results = Path(f"{out}.json")
     plan_outputs({"--out": out, "results": results}, [], force or resume)
-    if not torch.cuda.is_available():
-        raise AmedError("bench measures GPU paths and needs a CUDA GPU")
     unknown = [p for p in paths.split(",") if p not in PATHS]
     if unknown:
         raise AmedError(f"unknown bench path(s) {unknown}; choose from {', '.join(PATHS)}")
+    solver_list = solvers.split(",")
+    unknown = [s for s in solver_list if s not in BENCH_SOLVERS]
+    if unknown:
+        raise AmedError(f"unknown bench solver(s) {unknown}; choose from {', '.join(BENCH_SOLVERS)}")
+    if not torch.cuda.is_available():
+        raise AmedError("bench measures GPU paths and needs a CUDA GPU")
     models = []
     for name in networks.split(","):
         if name == "bundled":
@@ -1090,21 +1094,26 @@ def bench(networks, nfes, batches, paths, repeats, out, minutes, resume, solver,
         )
 
     deadline = None if minutes is None else time.monotonic() + 60 * minutes
-    rows, facts = run_bench(
-        models,
-        [int(n) for n in nfes.split(",")],
-        [int(b) for b in batches.split(",")],
-        paths.split(","),
-        repeats,
-        show,
-        previous=previous,
-        deadline=deadline,
-        save=save,
-        solver=solver,
-    )
+    complete = True
+    for solver in solver_list:
+        rows, facts = run_bench(
+            models,
+            [int(n) for n in nfes.split(",")],
+            [int(b) for b in batches.split(",")],
+            paths.split(","),
+            repeats,
+            show,
+            previous=previous,
+            deadline=deadline,
+            save=save,
+            solver=solver,
+        )
+        previous = rows_to_json(rows, facts)
+        complete = complete and facts.get("complete", True)
+    facts["complete"] = complete
     save(rows, facts)
     click.echo(render_markdown(rows, facts))
-    if not facts.get("complete", True):
+    if not complete:
         click.echo("incomplete: run again with --resume to measure the remaining cells")
 
 

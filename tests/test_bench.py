@@ -77,6 +77,14 @@ def test_bench_refuses_without_cuda(tmp_path):
     assert res.exit_code == 2 and "needs a CUDA GPU" in res.output and not (tmp_path / "b.md").exists()
 
 
+def test_bench_refuses_unknown_solvers_and_paths_before_anything_else(tmp_path):
+    out = tmp_path / "b.md"
+    res = CliRunner().invoke(main, ["bench", "--solvers", "amed,ddim", "--out", str(out)])
+    assert res.exit_code == 2 and "unknown bench solver(s) ['ddim']; choose from amed, epd, epd_ipndm" in res.output
+    res = CliRunner().invoke(main, ["bench", "--paths", "eager-fp32,fast", "--out", str(out)])
+    assert res.exit_code == 2 and "unknown bench path(s) ['fast']" in res.output and not out.exists()
+
+
 def test_every_row_reports_its_speedup_over_the_user_recipe():
     """speedup_user = user-compile's end-to-end time / the row's, per cell, whichever order they came in."""
     from amed_deploy.bench import with_user_speedups

@@ -231,6 +231,20 @@ def test_eval_defaults_come_from_the_registry(tiny_ckpt, predictor_file, tmp_pat
     assert "amed_ipndm_uneven{nfe}.pt" in predictor_templates()
 
 
+def test_eval_measures_an_epd_table_and_counts_its_parallel_evaluations(tiny_ckpt, epd_predictor, tmp_path):
+    """An EPD-Solver cell runs with its predictor file's table; its record counts every network evaluation
+    (NFE 5 on 4 points with AFS: 1 + 2 parallel points per interval, less the first slope = 3*3 - 1 = 8)."""
+    out = tmp_path / "r.json"
+    args = ["eval", "--ckpt", str(tiny_ckpt), "--no-fid", "--rmse-num", "2", "--reference-points", "8"]
+    args += ["--solvers", "euler,epd", "--nfe", "5", "--predictor-dir", str(epd_predictor.parent), "--out", str(out)]
+    result = CliRunner().invoke(main, [*args, "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    cells = {c["solver"]: c for c in json.loads(out.read_text())["cells"]}
+    assert cells["epd"]["predictor"] == str(epd_predictor) and cells["epd"]["num_points"] == 4
+    assert cells["epd"]["evaluations"] == 8 and cells["euler"]["evaluations"] == 5
+    assert cells["epd"]["rmse"] > 0 and cells["epd"]["rmse"] != cells["euler"]["rmse"]
+
+
 def test_evaluate_cells_with_stand_in_inception(network, tmp_path):
     inception = Inception(torch.jit.script(MeanFeatures()), sha256="f" * 64, feature_dim=16)
     from amed_deploy.fid import feature_stats, inception_features
@@ -273,14 +287,15 @@ FAKE_RESULTS = {
     "settings": {"num": 10000},
     "rmse_reference": {"method": "heun", "points": 256, "num": 256},
     "cells": [
-        {"solver": s, "nfe": n, "fid": f, "rmse": r, "afs": afs, "num": 10000, "note": note}
-        for s, n, f, r, afs, note in [
-            ("euler", 3, 93.36, 0.31, False, None),
-            ("euler", 5, 49.66, 0.2, False, None),
-            ("heun", 3, 306.2, 0.9, True, None),
-            ("heun", 5, 97.67, 0.4, True, None),
-            ("amed", 3, 18.49, 0.1, True, None),
-            ("amed", 5, None, None, None, "no amed predictor for NFE 5"),
+        {"solver": s, "nfe": n, "fid": f, "rmse": r, "afs": afs, "evaluations": e, "num": 10000, "note": note}
+        for s, n, f, r, afs, e, note in [
+            ("euler", 3, 93.36, 0.31, False, 3, None),
+            ("euler", 5, 49.66, 0.2, False, 5, None),
+            ("heun", 3, 306.2, 0.9, True, 3, None),
+            ("heun", 5, 97.67, 0.4, True, 5, None),
+            ("amed", 3, 18.49, 0.1, True, 3, None),
+            ("amed", 5, None, None, None, None, "no amed predictor for NFE 5"),
+            ("epd", 3, 15.0, 0.09, True, 5, None),
         ]
     ],
     "reference": {"solver": "heun", "nfe": 35, "num_points": 18, "fid": 2.1},
@@ -291,17 +306,18 @@ FAKE_RESULTS = {
 def test_markdown_table():
     md = render_results_markdown(FAKE_RESULTS)
     lines = md.splitlines()
-    assert lines[0] == "| solver | NFE 3 | NFE 5 |"
-    assert lines[1] == "|---|---|---|"
-    assert lines[2] == "| Euler (DDIM) | 93.36 / 0.3100 | 49.66 / 0.2000 |"
-    assert lines[3] == "| EDM Heun | 306.20 / 0.9000 ᵃ | 97.67 / 0.4000 ᵃ |"
-    assert lines[4] == "| AMED-Solver | 18.49 / 0.1000 | – |"
+    assert lines[0] == "| solver | NFE 3 | NFE 5 | network evaluations |"
+    assert lines[1] == "|---|---|---|---|"
+    assert lines[2] == "| Euler (DDIM) | 93.36 / 0.3100 | 49.66 / 0.2000 | 3 / 5 |"
+    assert lines[3] == "| EDM Heun | 306.20 / 0.9000 ᵃ | 97.67 / 0.4000 ᵃ | 3 / 5 |"
+    assert lines[4] == "| AMED-Solver | 18.49 / 0.1000 | – | 3 / – |"
+    assert lines[5] == "| EPD-Solver | 15.00 / 0.0900 | – | 5 / – |"
     assert "FID 2.10" in md and "NVIDIA H100" in md and "AFS" in md
     assert "AMED-Solver NFE 5: no amed predictor for NFE 5" in md
     # an RMSE-only run shows RMSE only
     rmse_only = {**FAKE_RESULTS, "cells": [{**c, "fid": None} for c in FAKE_RESULTS["cells"]], "reference": None}
     md = render_results_markdown(rmse_only)
-    assert "| Euler (DDIM) | 0.3100 | 0.2000 |" in md and "FID" not in md
+    assert "| Euler (DDIM) | 0.3100 | 0.2000 | 3 / 5 |" in md and "FID" not in md
 
 
 def test_plots_write_png(tmp_path):

@@ -18,7 +18,8 @@ def _baseline(solver: str) -> bool:
 
 def render_results_markdown(results: dict) -> str:
     """The results as a markdown table: one row per solver, one column per NFE, cells 'FID / RMSE'
-    (just the one measured when a run measured only FID or only RMSE)."""
+    (just the one measured when a run measured only FID or only RMSE), and a last column of the network
+    evaluations per image at each NFE (more than the NFE where a solver evaluates points in parallel)."""
     cells = results.get("cells", [])
     has_fid = any(c.get("fid") is not None for c in cells)
     has_rmse = any(c.get("rmse") is not None for c in cells)
@@ -31,12 +32,15 @@ def render_results_markdown(results: dict) -> str:
     nfes = sorted({c["nfe"] for c in cells})
     by_key = {(c["solver"], c["nfe"]): c for c in cells}
     lines = [
-        "| solver | " + " | ".join(f"NFE {n}" for n in nfes) + " |",
-        "|---|" + "---|" * len(nfes),
+        "| solver | " + " | ".join(f"NFE {n}" for n in nfes) + " | network evaluations |",
+        "|---|" + "---|" * (len(nfes) + 1),
     ]
     notes = []
     for s in solvers:
-        row = []
+        row, evaluations = [], []
+        for n in nfes:
+            c = by_key.get((s, n))
+            evaluations.append(str(c["evaluations"]) if c and c.get("evaluations") is not None else "–")
         for n in nfes:
             c = by_key.get((s, n))
             if c is None or (c.get("fid") is None and c.get("rmse") is None):
@@ -46,7 +50,7 @@ def render_results_markdown(results: dict) -> str:
                 continue
             mark = " ᵃ" if c.get("afs") and _baseline(s) else ""
             row.append(f"{text(c)}{mark}")
-        lines.append(f"| {display_name(s)} | " + " | ".join(row) + " |")
+        lines.append(f"| {display_name(s)} | " + " | ".join(row) + f" | {' / '.join(evaluations)} |")
     out = ["\n".join(lines), ""]
     ref = results.get("reference")
     if ref and ref.get("fid") is not None:

@@ -25,7 +25,7 @@ from ..errors import AmedError
 from ..files import atomic_write_bytes
 from ..predictor_file import load_predictor
 from ..sampling import baseline_sampler
-from ..solvers import display_name, get_solver, make_schedule, nfe_for, solver_names
+from ..solvers import display_name, evaluations_for, get_solver, make_schedule, nfe_for, solver_names
 from .quality import ReferenceCache, fid_of, rmse_to_reference
 from .report import format_value
 
@@ -112,6 +112,7 @@ class Cell:
             "schedule": cfg.schedule if cfg else None,
             "afs": cfg.afs if cfg else None,
             "num_points": cfg.num_points if cfg else None,
+            "evaluations": evaluations_for(self.solver, cfg.num_points, cfg.afs) if cfg else None,
             "predictor": self.predictor,
             "note": self.note,
         }
