@@ -367,6 +367,10 @@ def run_bench(
                     torch.cuda.empty_cache()
                     torch.cuda.reset_peak_memory_stats()
                     free_before = torch.cuda.mem_get_info()[0]
+                    if "compile" in path:
+                        # dynamo keeps at most 8 compilations per code object (every cell's forward is the
+                        # same one) and runs the rest eagerly: each compiled cell starts as a fresh process
+                        torch._dynamo.reset()
                     try:
                         if path == "eager-fp32":
                             e2e, net_call = eager_baseline(model, sampler, batch)

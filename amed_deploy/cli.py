@@ -1143,13 +1143,22 @@ def bench(networks, nfes, batches, paths, repeats, out, minutes, resume, solvers
     default=None,
     help="Mirror each training image with probability 1/2 [default: on for cifar10, off for fashion-mnist].",
 )
+@click.option(
+    "--ema-halflife",
+    default=50.0,
+    show_default=True,
+    type=POSITIVE,
+    help="EMA half-life in kimg (the bundled model's; EDM's CIFAR-10 run used 500), capped at 5% of the images "
+    "seen so far.",
+)
 @click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option(
     "--init", type=click.Path(dir_okay=False, path_type=Path), callback=_bundled, help="Start from these weights."
 )
 @_device_option
 def train_edm(
-    data, dataset, out, minutes, kimg, batch, lr, channels, channel_mult, blocks, xflip, seed, init, device
+    data, dataset, out, minutes, kimg, batch, lr, channels, channel_mult, blocks, xflip, ema_halflife, seed, init,
+    device,
 ) -> None:  # fmt: skip
     """Train a class-conditional EDM model (32x32, 10 classes) on Fashion-MNIST (1 channel, an IDX
     folder: the bundled model's data) or CIFAR-10 (RGB, a JPEG zip; x-flipped by default).
@@ -1179,6 +1188,7 @@ def train_edm(
         num_blocks=blocks,
         batch=batch,
         lr=lr,
+        ema_halflife_kimg=ema_halflife,
         seed=seed,
         xflip=ds.xflip if xflip is None else xflip,
     )

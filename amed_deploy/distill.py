@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 
 MAX_DISTILL_SEED = 2**40  # training seeds are seed * 1_000_003 + i, which must stay below 2^64
 HELD_OUT_SEEDS = range(10**9, 10**9 + 2)  # never used in training (training seeds are seed * 1_000_003 + i)
+TEACHER_BATCH = 512  # samples per teacher solve: the recipes' batches (16-128) leave a GPU launch-bound
 
 
 # The recipe defaults that depend on the student family (everything else is shared). AMED students: the
@@ -173,6 +174,24 @@ def teacher_states(
     return states
 
 
+def teacher_chunk(
+    network: AMEDNetwork, sampler: SamplerConfig, cfg: DistillConfig, batches: range, device: torch.device
+) -> list[tuple[Tensor | None, list[Tensor]]]:
+    """(labels, teacher states) of each training batch in `batches`, from ONE teacher solve over all their
+    samples: each batch keeps its own seed's noise and labels, so training sees what per-batch solves give."""
+    shape = image_shape(network.net)
+    inputs = [make_inputs(cfg.seed * 1_000_003 + i, cfg.batch, shape, network.label_dim) for i in batches]
+    x0, labels = start_state(
+        torch.cat([noise for noise, _ in inputs]),
+        None if network.label_dim == 0 else torch.cat([lab for _, lab in inputs]),
+        sampler.sigma_max,
+        device,
+    )
+    states = teacher_states(network, x0, labels, sampler, cfg)
+    parts = [slice(j * cfg.batch, (j + 1) * cfg.batch) for j in range(len(batches))]
+    return [(None if labels is None else labels[p], [s[p] for s in states]) for p in parts]
+
+
 def distill(
     net: nn.Module,
     cfg: DistillConfig,
@@ -212,8 +231,8 @@ def distill(
         steps = int(cfg.kimg * 1000 // cfg.batch) + 1
         annealing = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=cfg.lr_final)
     train_batch = _epd_batch if cfg.epd else _amed_batch
-    shape = image_shape(net)
     batches = cfg.batches
+    per_solve = max(1, TEACHER_BATCH // cfg.batch)  # training batches per teacher solve
     losses: list[float] = []
     began = time.monotonic()
     bar = tqdm(range(batches), desc=f"distill {cfg.student} NFE {cfg.nfe}", unit="batch", disable=not progress)
@@ -221,9 +240,11 @@ def distill(
         if i and minutes is not None and time.monotonic() - began > 60 * minutes:
             bar.close()
             break
-        noise, labels = make_inputs(cfg.seed * 1_000_003 + i, cfg.batch, shape, network.label_dim)
-        x0, labels = start_state(noise, labels, sampler.sigma_max, device)
-        targets = teacher_states(network, x0, labels, sampler, cfg)
+        if i % per_solve == 0:
+            solve_began = time.monotonic()
+            chunk = teacher_chunk(network, sampler, cfg, range(i, min(i + per_solve, batches)), device)
+            solve_seconds = time.monotonic() - solve_began
+        labels, targets = chunk[i % per_solve]
         batch_loss = train_batch(TorchModel(network, labels), opt, sampler, targets, cfg, inception)
         if annealing is not None:
             annealing.step()
@@ -233,8 +254,9 @@ def distill(
         bar.set_postfix(loss=f"{batch_loss:.4g}")
         if on_step is not None:
             on_step(i, batch_loss)
-        if i == 0 and on_estimate is not None:
-            on_estimate(_estimate(time.monotonic() - began, batches, cfg, device, minutes))
+        if i == 0 and on_estimate is not None:  # the first batch, with its share of the teacher solve
+            first = time.monotonic() - began - solve_seconds + solve_seconds / len(chunk)
+            on_estimate(_estimate(first, batches, cfg, device, minutes))
     predictor.eval()
     return network, sampler, losses
 

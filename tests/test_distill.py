@@ -43,6 +43,26 @@ def test_distillation_leaves_the_network_unchanged(distilled, tiny_ckpt):
     assert not any(p.requires_grad for p in network.net.parameters())
 
 
+@pytest.mark.parametrize("student", ["amed", "epd"])
+def test_one_teacher_solve_for_many_batches_trains_as_per_batch_solves(tiny_ckpt, student, monkeypatch):
+    """The teacher solves several training batches at once; every batch still gets its own seed's noise,
+    labels and teacher states, so the losses and the predictor equal those of one solve per batch (to float rounding)."""
+    import amed_deploy.distill as distill_module
+    from amed_deploy.checkpoint.build import build_model
+    from amed_deploy.checkpoint.load import load_checkpoint
+
+    net = build_model(load_checkpoint(tiny_ckpt))
+    cfg = DistillConfig.for_student(student, nfe=5, batch=3, kimg=0.015, teacher_m=1, teacher_inner=1)
+    results = []
+    for per_solve in (1, 2):  # 5 batches: solves of 1 batch each, then of 2, 2 and 1
+        monkeypatch.setattr(distill_module, "TEACHER_BATCH", per_solve * cfg.batch)
+        network, _, losses = distill(net, cfg, progress=False)
+        results.append((losses, network.predictor.state_dict()))
+    (one, pred_one), (two, pred_two) = results
+    assert len(one) == 5 and np.allclose(one, two, rtol=1e-4)
+    assert all(torch.allclose(pred_one[k], pred_two[k], rtol=1e-4, atol=1e-5) for k in pred_one)
+
+
 @pytest.mark.parametrize("student", [s for s in solver_names(uses_predictor=True) if s != "amed"])
 def test_plugin_students_train_and_sample(tiny_ckpt, student):
     from amed_deploy.checkpoint.build import build_model

@@ -180,3 +180,34 @@ def test_epd_parallel_call_in_the_whole_loop_cuda_graph(tiny_ckpt, epd_predictor
         again = smp.sample(seed=3, classes=[0, 1, 2, 0]).images
         print(f"EPD cuda_graph={cuda_graph}: rel. max abs error {_rel(images, cpu.images):.2e}")
         assert _rel(images, cpu.images) <= BOUND["fp32"] and torch.equal(images, again)
+
+
+class ConvBatchNorm(torch.nn.Module):
+    """A feature network built like Inception-v3's stem (conv, eval-mode batch norm, ReLU, pooling)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, stride=2)
+        self.bn = torch.nn.BatchNorm2d(8, eps=1e-3)
+        torch.nn.init.uniform_(self.bn.running_mean, -1, 1)
+        torch.nn.init.uniform_(self.bn.running_var, 0.5, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.bn(self.conv(x))).mean((2, 3))
+
+
+def test_feature_loss_gradients_through_a_torchscript_network_cuda():
+    """EPD's Inception-feature loss backpropagates through the TorchScript FID network on every call, not only
+    the first (the executor's optimised graphs take over from the second), with the eager gradients."""
+    from amed_deploy.fid import Inception, _network_input, differentiable_features
+
+    torch.manual_seed(0)
+    eager = ConvBatchNorm().cuda().eval()
+    net = Inception(torch.jit.script(eager), feature_dim=8)
+    for call in range(4):
+        x = torch.rand(2, 3, 32, 32, device="cuda", requires_grad=True)
+        differentiable_features(x, net).square().sum().backward()
+        truth = x.detach().clone().requires_grad_()
+        pixels = (truth * 127.5 + 128).clamp(0, 255)
+        eager(_network_input(pixels, "tf", "tf")).square().sum().backward()
+        torch.testing.assert_close(x.grad, truth.grad, rtol=1e-4, atol=1e-6, msg=f"call {call}")

@@ -138,8 +138,10 @@ def test_train_edm_command_on_a_cifar_zip(tmp_path):
     write_split(tmp_path / "fashion", "train", np.zeros((4, 28, 28), np.uint8), np.arange(4, dtype=np.uint8))
     r = CliRunner().invoke(main, [*args[:2], str(tmp_path / "fashion"), *args[3:]])
     assert r.exit_code == 2 and "error: " in r.output and "is a run on cifar10, not fashion-mnist" in r.output
-    # --no-xflip and --dataset reach the trainer
+    # --no-xflip, --ema-halflife and --dataset reach the trainer
     args = ["train-edm", "--data", str(data), "--dataset", "cifar10", "--out", str(tmp_path / "r2"), *tiny]
-    r = CliRunner().invoke(main, [*args, "--no-xflip", "--device", "cpu"])
+    r = CliRunner().invoke(main, [*args, "--no-xflip", "--ema-halflife", "500", "--device", "cpu"])
     assert r.exit_code == 0, r.output
-    assert load_checkpoint(tmp_path / "r2" / "edm.pt").metadata["training"]["config"]["xflip"] is False
+    config = load_checkpoint(tmp_path / "r2" / "edm.pt").metadata["training"]["config"]
+    assert config["xflip"] is False and config["ema_halflife_kimg"] == 500.0
+    assert training["config"]["ema_halflife_kimg"] == 50.0  # the default: the bundled model's
