@@ -46,7 +46,8 @@ def test_distillation_leaves_the_network_unchanged(distilled, tiny_ckpt):
 @pytest.mark.parametrize("student", ["amed", "epd"])
 def test_one_teacher_solve_for_many_batches_trains_as_per_batch_solves(tiny_ckpt, student, monkeypatch):
     """The teacher solves several training batches at once; every batch still gets its own seed's noise,
-    labels and teacher states, so the losses and the predictor equal those of one solve per batch (to float rounding)."""
+    labels and teacher states, so the losses and the predictor equal those of one solve per batch (to
+    float rounding)."""
     import amed_deploy.distill as distill_module
     from amed_deploy.checkpoint.build import build_model
     from amed_deploy.checkpoint.load import load_checkpoint
