@@ -1155,10 +1155,16 @@ def bench(networks, nfes, batches, paths, repeats, out, minutes, resume, solvers
 @click.option(
     "--init", type=click.Path(dir_okay=False, path_type=Path), callback=_bundled, help="Start from these weights."
 )
+@click.option(
+    "--compile",
+    "compile_",
+    is_flag=True,
+    help="Train through torch.compile of the network (the first steps wait for compilation, a minute or two).",
+)
 @_device_option
 def train_edm(
     data, dataset, out, minutes, kimg, batch, lr, channels, channel_mult, blocks, xflip, ema_halflife, seed, init,
-    device,
+    compile_, device,
 ) -> None:  # fmt: skip
     """Train a class-conditional EDM model (32x32, 10 classes) on Fashion-MNIST (1 channel, an IDX
     folder: the bundled model's data) or CIFAR-10 (RGB, a JPEG zip; x-flipped by default).
@@ -1192,7 +1198,7 @@ def train_edm(
         seed=seed,
         xflip=ds.xflip if xflip is None else xflip,
     )
-    summary = train(images, onehot, out, cfg, minutes, kimg, device, init, dataset=ds.name)
+    summary = train(images, onehot, out, cfg, minutes, kimg, device, init, dataset=ds.name, compile=compile_)
     click.echo(
         f"trained to {summary['nimg'] / 1000:.0f} kimg ({summary['steps']} steps, {summary['seconds'] / 60:.1f} min "
         f"in all) on {ds.title}, recent loss {summary['recent_loss']:.4f}; wrote {out / 'edm.pt'}"

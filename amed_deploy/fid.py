@@ -169,9 +169,9 @@ def differentiable_features(x: Tensor, net: Inception, resize: str = "tf") -> Te
     mapped to 0..255 as x * 127.5 + 128 and clipped (EPD's training loss does exactly this), not
     quantised."""
     pixels = (x * 127.5 + 128).clamp(0, 255)
-    # The TorchScript executor's optimised graphs differentiate batch norm with their own backward formula,
-    # which fails on CUDA from the second call (torch 2.11: eval-mode batch norm there no longer saves its
-    # statistics); unoptimised execution records each op for eager autograd, whose gradients are exact.
+    # The TorchScript executor's optimised graph (from the second call on) differentiates batch norm with
+    # its own backward formula, which raised on CUDA with torch 2.11; unoptimised execution records each
+    # op for eager autograd instead.
     with torch.jit.optimized_execution(False):
         features = _call(net, _network_input(pixels, resize, net.input_scale))
     return features.reshape(x.shape[0], -1)

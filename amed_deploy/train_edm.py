@@ -104,9 +104,12 @@ def train(
     init: str | os.PathLike | None = None,
     progress: bool = True,
     dataset: str | None = None,
+    compile: bool = False,
 ) -> dict:
     """Train until `minutes` of wall time or `total_kimg` images, then save state and the EMA
-    checkpoint (`edm.pt`, plus `edm-fp16.safetensors` for bundling). Returns a summary.
+    checkpoint (`edm.pt`, plus `edm-fp16.safetensors` for bundling). Returns a summary. `compile`
+    computes the loss through torch.compile of the network (its weights, and so the state saved, are
+    the network's own).
 
     `dataset` names the training data; it is recorded, and a run folder made with another refuses to resume."""
     device = torch.device(device)
@@ -144,6 +147,7 @@ def train(
     images, labels = images.to(device), labels.to(device)
     torch.backends.cudnn.benchmark = True
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    forward = torch.compile(net) if compile else net
     start, last_save = time.monotonic(), time.monotonic()
     bar = tqdm(
         total=int(total_kimg * 1000),
@@ -160,7 +164,7 @@ def train(
             g["lr"] = cfg.lr * min(nimg / max(cfg.lr_rampup_kimg * 1000, 1e-8), 1.0)
         x = xflip_batch(images[idx], gen) if cfg.xflip else images[idx]
         with autocast:
-            loss = edm_loss(net, x, labels[idx], cfg, gen)
+            loss = edm_loss(forward, x, labels[idx], cfg, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         for p in net.parameters():

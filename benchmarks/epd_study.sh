@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # The EPD-Solver / EPD-Plugin recipe study in docs/RESULTS.md ("EPD-Solver and EPD-Plugin"), on a CUDA GPU:
 #
-#   benchmarks/epd_study.sh distill WORK CKPT [INCEPTION]      # 16 tables into WORK/{published,ipndm}/
+#   benchmarks/epd_study.sh distill WORK CKPT [INCEPTION]      # tables into WORK/{published,ipndm}/
 #   benchmarks/epd_study.sh eval WORK CKPT DATA INCEPTION      # FID + RMSE of each into WORK/*.json, *.md
 #
-# distill trains EPD-Solver (`epd`) and EPD-Plugin on iPNDM (`epd_ipndm`) for NFE 3/5/7/9 twice: with the
-# published recipe (`amed-deploy distill --student ...` defaults; with INCEPTION, its final-step
-# Inception-feature loss) into WORK/published, and with the teacher this project found best for AMED
-# (iPNDM, M = 5, one sub-step; all else the same) into WORK/ipndm. Runs go JOBS (default 8) at a time
-# on the one GPU: each is launch-bound at the recipe's small batches. eval measures every table as
-# `amed-deploy eval` does, with the same seeds as the other tables of docs/RESULTS.md. Both resume.
+# distill trains EPD-Solver (`epd`) and EPD-Plugin on iPNDM (`epd_ipndm`) for each NFE in NFES (default
+# "3 5 7 9") and each recipe in RECIPES (default "published ipndm"): the published recipe
+# (`amed-deploy distill --student ...` defaults; with INCEPTION, its final-step Inception-feature loss)
+# into WORK/published, and the teacher this project found best for AMED (iPNDM, M = 5, one sub-step; all
+# else the same) into WORK/ipndm. Runs go JOBS (default 4) at a time on the one GPU: each is
+# launch-bound at the recipe's small batches. eval measures every table found as `amed-deploy eval`
+# does, with the same seeds as the other tables of docs/RESULTS.md. Both resume: run again until done
+# (e.g. NFES=5 first to choose the recipe, then RECIPES=<winner> for the rest).
 set -euo pipefail
 step=$1
 work=$2
@@ -21,11 +23,17 @@ distill)
   mkdir -p "$work/published" "$work/ipndm"
   jobs=()
   for student in epd epd_ipndm; do
-    for nfe in 3 5 7 9; do
-      jobs+=("published $student $nfe" "ipndm $student $nfe --teacher ipndm --teacher-m 5 --teacher-inner 1")
+    for nfe in ${NFES:-3 5 7 9}; do
+      for recipe in ${RECIPES:-published ipndm}; do
+        case $recipe in
+        published) jobs+=("published $student $nfe") ;;
+        ipndm) jobs+=("ipndm $student $nfe --teacher ipndm --teacher-m 5 --teacher-inner 1") ;;
+        *) echo "unknown recipe $recipe: published or ipndm" >&2; exit 2 ;;
+        esac
+      done
     done
   done
-  printf '%s\n' "${jobs[@]}" | OMP_NUM_THREADS=2 xargs -P "${JOBS:-8}" -L 1 sh -c '
+  printf '%s\n' "${jobs[@]}" | OMP_NUM_THREADS=2 xargs -P "${JOBS:-4}" -L 1 sh -c '
     recipe=$1 student=$2 nfe=$3; shift 3
     out="'"$work"'/$recipe/$student$nfe.pt"
     [ -e "$out" ] || '"$cli"' distill --ckpt "'"$ckpt"'" --nfe "$nfe" --student "$student" --out "$out" \
@@ -34,6 +42,7 @@ distill)
   ;;
 eval)
   for recipe in published ipndm; do
+    [ -d "$work/$recipe" ] || continue
     $cli eval --ckpt "$ckpt" --data "$4" --inception "$5" --solvers epd,epd_ipndm --nfe 3,5,7,9 \
       --predictor-dir "$work/$recipe" --predictors "epd{nfe}.pt,epd_ipndm{nfe}.pt" \
       --num 10000 --batch 1000 --fd-method eigh --device cuda --stats-cache "$work/train-stats.npz" \
