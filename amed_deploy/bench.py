@@ -10,6 +10,7 @@ memory. A path that cannot run here (no CUDA provider, no TensorRT) is reported 
 from __future__ import annotations
 
 import copy
+import itertools
 import statistics
 import tempfile
 import time
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -31,6 +33,9 @@ from .noise import make_inputs, start_state
 from .predictor import AMEDPredictor
 from .predictor_file import PredictorBundle, save_predictor
 from .solvers import sample
+
+if TYPE_CHECKING:
+    from .runtime import Sampler
 
 PATHS = (
     "eager-fp32",  # (a) the baseline: the AMED loop in plain eager fp32 PyTorch, default TF32 settings
@@ -201,8 +206,36 @@ def prepare_model(name: str, net: torch.nn.Module, kwargs: dict, sampler: Sample
     return model
 
 
-def eager_baseline(model: BenchModel, sampler: SamplerConfig, batch: int) -> tuple[Callable[[], object], Callable]:
-    """(a): noise and labels to the GPU, then the shared solver loop over the fp32 module, no buffers."""
+def network_args(network: AMEDNetwork, batch: int) -> tuple:
+    """Inputs of one network call of `batch` samples on the GPU (its time does not depend on the values)."""
+    noise, labels = make_inputs(0, batch, image_shape(network.net), network.label_dim)
+    sigma, sigma_next = torch.full((batch,), 80.0, device="cuda"), torch.full((batch,), 6.0, device="cuda")
+    return noise.cuda() * 80, sigma, sigma_next, None if labels is None else labels.cuda()
+
+
+def loop_calls(network: AMEDNetwork, sampler: SamplerConfig) -> list[int]:
+    """Points per sample of each network call of one sampling loop, in order (1, or K for an EPD parallel
+    call), as the shared solver loop makes them (run once, eagerly, for one sample)."""
+    noise, labels = make_inputs(0, 1, image_shape(network.net), network.label_dim)
+    x0, labels = start_state(noise, labels, sampler.t_steps[0], next(network.parameters()).device)
+    with torch.no_grad():
+        _, state = sample(TorchModel(network, labels), x0, sampler.t_steps, sampler.solver_config)
+    return state.calls
+
+
+def cycling_network(call_at: Callable[[int], Callable[[], object]], calls: list[int], batch: int) -> Callable:
+    """One network call per invocation, cycling through the loop's calls at their batch sizes, so that NFE
+    invocations time one loop's worth of network work (`call_at(n)`: a call of n samples)."""
+    by_points = {k: call_at(k * batch) for k in sorted(set(calls))}
+    order = itertools.cycle([by_points[k] for k in calls])
+    return lambda: next(order)()
+
+
+def eager_baseline(
+    model: BenchModel, sampler: SamplerConfig, batch: int
+) -> tuple[Callable[[], object], Callable[[int], Callable[[], object]]]:
+    """(a): noise and labels to the GPU, then the shared solver loop over the fp32 module, no buffers;
+    and a network call of n samples."""
     shape = image_shape(model.network.net)
 
     def run() -> torch.Tensor:
@@ -212,24 +245,16 @@ def eager_baseline(model: BenchModel, sampler: SamplerConfig, batch: int) -> tup
             x, _ = sample(TorchModel(model.network, labels), x0, sampler.t_steps, sampler.solver_config)
         return x
 
-    noise, labels = make_inputs(0, batch, shape, model.network.label_dim)
-    args = (
-        noise.cuda() * 80,
-        torch.full((batch,), 80.0, device="cuda"),
-        torch.full((batch,), 6.0, device="cuda"),
-        None if labels is None else labels.cuda(),
-    )
+    def call_at(n: int) -> Callable[[], object]:
+        args = network_args(model.network, n)
+        return torch.no_grad()(lambda: model.network(*args))
 
-    def forward() -> object:
-        with torch.no_grad():
-            return model.network(*args)
-
-    return run, forward
+    return run, call_at
 
 
 def user_compile_baseline(
     model: BenchModel, sampler: SamplerConfig, batch: int
-) -> tuple[Callable[[], object], Callable]:
+) -> tuple[Callable[[], object], Callable[[int], Callable[[], object]]]:
     """The recipe a user would write: the reference-formulation network with fp32 weights under
     torch.autocast(fp16) and torch.compile(mode="reduce-overhead") (Inductor's CUDA graphs), none of
     this project's half-precision kernels, noise and labels drawn on the GPU, the plain solver loop."""
@@ -253,18 +278,23 @@ def user_compile_baseline(
             x, _ = sample(solver_model, noise * sampler.t_steps[0], sampler.t_steps, sampler.solver_config)
             return x.clone()
 
-    args = (
-        torch.randn(shape, device="cuda") * 80,
-        torch.full((batch,), 80.0, device="cuda"),
-        torch.full((batch,), 6.0, device="cuda"),
-        None if not network.label_dim else torch.eye(network.label_dim, device="cuda")[torch.zeros(batch).long()],
-    )
+    def call_at(n: int) -> Callable[[], object]:
+        args = network_args(network, n)
 
-    def forward() -> object:
-        with reference_kernels(), torch.no_grad(), torch.autocast("cuda", torch.float16):
-            return compiled(*args)
+        def forward() -> object:
+            with reference_kernels(), torch.no_grad(), torch.autocast("cuda", torch.float16):
+                return compiled(*args)
 
-    return run, forward
+        return forward
+
+    return run, call_at
+
+
+def executor_call(smp: Sampler, n: int) -> Callable[[], object]:
+    """A call of a Sampler's network executor on its buffers of n samples; replayed from a CUDA graph
+    where the Sampler's loop is one graph, so the network is timed the way the loop runs it."""
+    run = partial(smp.executor.run, n)
+    return graphed(run) if smp.graphed else run
 
 
 def open_path(model: BenchModel, path: str, batch: int, folder: Path):
@@ -328,7 +358,7 @@ def run_bench(
 ) -> tuple[list[Row], dict]:
     """Every (model, NFE, batch, path) cell, measured in one process; returns rows and facts. `solver`
     is the learned solver sampled (amed, or epd: its rows' network is named `<network>-epd`, and its
-    network time is the batch-B call alone, so its loop overhead also holds the K*B call).
+    network time is the mean over the loop's calls, of batch B and K*B).
 
     `previous` (an earlier call's rows_to_json, same GPU) resumes: its cells are kept, not measured
     again, and its eager rows stay the speedup baseline. No new cell starts after `deadline`
@@ -353,6 +383,7 @@ def run_bench(
                 continue
             sampler = bench_sampler(nfe, solver)
             model = prepare_model(f"{name}-nfe{nfe}", net, kwargs, sampler, folder)
+            calls = loop_calls(model.network, sampler)
             facts.setdefault("gflops_per_image", {})[name] = model.flops_per_image / 1e9
             shape, label_dim = image_shape(model.network.net), model.network.label_dim
             for batch in batches:
@@ -373,14 +404,13 @@ def run_bench(
                         torch._dynamo.reset()
                     try:
                         if path == "eager-fp32":
-                            e2e, net_call = eager_baseline(model, sampler, batch)
+                            e2e, call_at = eager_baseline(model, sampler, batch)
                         elif path == "user-compile":
-                            e2e, net_call = user_compile_baseline(model, sampler, batch)
+                            e2e, call_at = user_compile_baseline(model, sampler, batch)
                         else:
                             smp = open_path(model, path, batch, folder)
-                            e2e, net_call = (lambda smp=smp: smp.sample(seed=0)), smp.executor.run
-                            if smp.graphed:  # the loop replays one graph: time the network the same way
-                                net_call = graphed(net_call)
+                            e2e, call_at = partial(smp.sample, seed=0), partial(executor_call, smp)
+                        net_call = cycling_network(call_at, calls, batch)
                         row.net_ms, row.e2e_ms = paired_times_ms(net_call, e2e, nfe, repeats)
                         row.inputs_ms = host_time_ms(partial(make_inputs, 0, batch, shape, label_dim), repeats)
                     except Exception as e:  # a path that cannot run here is a finding, not a crash
@@ -391,7 +421,7 @@ def run_bench(
                     row.peak_mib = used / 2**20
                     row.images_per_s = batch / (row.e2e_ms / 1000)
                     row.loop_overhead = row.e2e_ms / (nfe * row.net_ms)
-                    achieved = nfe * batch * model.flops_per_image / (row.e2e_ms / 1000) / 1e12
+                    achieved = sum(calls) * batch * model.flops_per_image / (row.e2e_ms / 1000) / 1e12
                     row.fp16_rate_fraction = achieved / facts["fp16_matmul_tflops"]
                     if path == "eager-fp32":
                         base_e2e = row.e2e_ms

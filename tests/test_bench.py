@@ -11,8 +11,11 @@ from amed_deploy.amed_network import AMEDNetwork
 from amed_deploy.bench import (
     Row,
     baseline_e2e,
+    bench_sampler,
+    cycling_network,
     done_cells,
     flops_per_image,
+    loop_calls,
     render_markdown,
     rows_from_json,
     rows_to_json,
@@ -20,6 +23,21 @@ from amed_deploy.bench import (
 from amed_deploy.cli import main
 from amed_deploy.errors import AmedError
 from amed_deploy.predictor import AMEDPredictor
+
+
+def test_the_timed_network_calls_are_the_loops_own():
+    """NFE 5 with AFS on 4 points: the AMED-Solver makes 5 calls of B; the EPD-Solver skips the first slope
+    (AFS) and then per interval calls B for d_n and 2B for its two points: 2B, B, 2B, B, 2B."""
+    from amed_deploy.epd_table import EPDTable
+
+    net = tiny_net()
+    assert loop_calls(AMEDNetwork(net, AMEDPredictor()), bench_sampler(5, "amed")) == [1, 1, 1, 1, 1]
+    assert loop_calls(AMEDNetwork(net, EPDTable(3)), bench_sampler(5, "epd")) == [2, 1, 2, 1, 2]
+    made, ran = [], []
+    call = cycling_network(lambda n: made.append(n) or (lambda: ran.append(n)), [2, 1, 2, 1, 2], batch=4)
+    for _ in range(7):
+        call()
+    assert sorted(made) == [4, 8] and ran == [8, 4, 8, 4, 8, 8, 4]  # one callable per size, the loop's order
 
 
 def test_flop_count_scales_with_width():

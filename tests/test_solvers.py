@@ -15,6 +15,7 @@ from amed_deploy.solvers import (
     SolverConfig,
     canonical_solver,
     display_name,
+    evaluations_for,
     find_solver,
     get_solver,
     make_schedule,
@@ -282,6 +283,8 @@ def test_nfe_accounting(gaussian, solver, afs, n_points):
     counting = GaussianModel(model.mu, model.s, r=0.5)
     _, state = sample(counting, x0, make_schedule("polynomial", n_points, SMIN, SMAX), SolverConfig(solver, afs=afs))
     assert counting.calls == state.nfe == nfe_for(solver, n_points, afs)
+    assert state.calls == [b // x0.shape[0] for b in counting.batches]  # points per sample of each call
+    assert state.evaluations == evaluations_for(solver, n_points, afs)
     if nfe_for(solver, n_points, afs) >= 1:
         assert points_for_nfe(solver, nfe_for(solver, n_points, afs), afs) == n_points
 

@@ -41,8 +41,17 @@ class SolverState:
     slopes: list[Tensor] = field(default_factory=list)  # iPNDM, LMS and the iPNDM plugins: newest last
     slope_times: list[float | Tensor] = field(default_factory=list)  # where each slope was taken
     outputs: list[tuple[float | Tensor, Tensor]] = field(default_factory=list)  # DPM-Solver++: (t, D or d)
-    nfe: int = 0  # network calls, one after another
-    evaluations: int = 0  # network evaluations per sample: a parallel call of K points counts K
+    calls: list[int] = field(default_factory=list)  # points per sample of each network call, in order
+
+    @property
+    def nfe(self) -> int:
+        """Network calls, one after another."""
+        return len(self.calls)
+
+    @property
+    def evaluations(self) -> int:
+        """Network evaluations per sample: a parallel call of K points counts K."""
+        return sum(self.calls)
 
     def push_slope(self, d: Tensor, t: float | Tensor) -> None:
         """Remember a slope and the time it was taken at, dropping the oldest beyond HISTORY."""
@@ -105,8 +114,7 @@ class Interval:
     def denoise_points(self, x: Tensor, sigma: Tensor) -> Tensor:
         """D at K points per sample in ONE network call: x [B*K,...] and sigma [B*K], sample-major (sample
         b's points adjacent), each sample's conditioning repeated K times by the model."""
-        self.state.nfe += 1
-        self.state.evaluations += x.shape[0] // self.x.shape[0]
+        self.state.calls.append(x.shape[0] // self.x.shape[0])
         return self.model.denoise_points(x, sigma)
 
     def slope_at(self, x: Tensor, s: float | Tensor, sigma: float | Tensor | None = None) -> Tensor:
@@ -139,8 +147,7 @@ def _sigmas(x: Tensor, value: float | Tensor) -> Tensor:
 
 
 def _call(model: Model, state: SolverState, x: Tensor, t: float | Tensor, t_next: float) -> Evaluation:
-    state.nfe += 1
-    state.evaluations += 1
+    state.calls.append(1)
     return model(x, _sigmas(x, t), _sigmas(x, t_next))
 
 
