@@ -18,9 +18,10 @@ student grid exactly ((M+1)(N-1)+1 points), each of its intervals optionally cut
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING
 
@@ -362,6 +363,21 @@ def endpoint_rmses(
     return [math.sqrt(total / count) for total in totals]
 
 
+@contextlib.contextmanager
+def compiled_unet(net: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """While the block runs, `net`'s U-Net (`net.model`, frozen) goes through torch.compile: at the recipes'
+    batches the eager network is launch-bound. The caller's network is restored afterwards."""
+    if not enabled:
+        yield
+        return
+    unet = net.model
+    net.model = torch.compile(unet)
+    try:
+        yield
+    finally:
+        net.model = unet
+
+
 def distill_predictor(
     net: nn.Module,
     checkpoint_sha256: str,
@@ -372,17 +388,20 @@ def distill_predictor(
     on_estimate: Callable[[str], None] | None = None,
     model_sha256: str | None = None,
     inception: Inception | None = None,
+    compile: bool = False,
 ) -> PredictorBundle:
     """`distill`, then measure the held-out error to the teacher (and DPM-Solver-2's, for the AMED-Solver)
-    and pack everything a predictor file records (the batches actually trained, under a time budget)."""
-    network, sampler, losses = distill(
-        net, cfg, device, progress, minutes=minutes, on_estimate=on_estimate, inception=inception
-    )
-    bsz = min(cfg.batch, 64)
-    solvers = [sampler.solver_config]
-    if sampler.solver == "amed":
-        solvers.append(SolverConfig("dpm2", sampler.afs))  # its base solver at the same NFE, for reference
-    errors = endpoint_rmses(network, solvers, sampler, cfg, HELD_OUT_SEEDS, bsz)
+    and pack everything a predictor file records (the batches actually trained, under a time budget).
+    `compile`: the frozen U-Net through torch.compile meanwhile (`compiled_unet`)."""
+    with compiled_unet(net, compile):
+        network, sampler, losses = distill(
+            net, cfg, device, progress, minutes=minutes, on_estimate=on_estimate, inception=inception
+        )
+        bsz = min(cfg.batch, 64)
+        solvers = [sampler.solver_config]
+        if sampler.solver == "amed":
+            solvers.append(SolverConfig("dpm2", sampler.afs))  # its base solver at the same NFE, for reference
+        errors = endpoint_rmses(network, solvers, sampler, cfg, HELD_OUT_SEEDS, bsz)
     summary = {"final_loss": losses[-1], "held_out_rmse": errors[0], "batches_trained": len(losses)}
     summary["kimg_trained"] = len(losses) * cfg.batch / 1000
     if len(errors) > 1:

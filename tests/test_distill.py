@@ -135,6 +135,48 @@ def test_class_labels_change_samples(distilled):
         reference_sample(network, sampler, seed=0, batch=2, classes=3)
 
 
+class CountingCompile(torch.nn.Module):
+    """Stands in for torch.compile's result (an nn.Module wrapping the original, attributes delegated):
+    records the batch of every call."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.wrapped = module
+        self.batches: list[int] = []
+
+    def forward(self, x, *args, **kwargs):
+        self.batches.append(x.shape[0])
+        return self.wrapped(x, *args, **kwargs)
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.wrapped, name)
+
+
+def test_compiled_distillation_runs_the_unet_through_the_compiled_module(tiny_ckpt, monkeypatch):
+    """distill --compile: the teacher, the student and the held-out check all call the U-Net through what
+    torch.compile returned (a counting stand-in: compiling takes minutes on a CPU), the predictor is the
+    one an uncompiled run learns, and the caller's network gets its own U-Net back."""
+    from amed_deploy.checkpoint.build import build_model
+    from amed_deploy.checkpoint.load import load_checkpoint
+    from amed_deploy.distill import distill_predictor
+
+    net = build_model(load_checkpoint(tiny_ckpt))
+    unet = net.model
+    cfg = DistillConfig.for_student("epd", nfe=3, batch=2, kimg=0.004, teacher_m=1, teacher_inner=1)
+    plain = distill_predictor(net, "0" * 64, cfg, "cpu", progress=False)
+    made = []
+    monkeypatch.setattr(torch, "compile", lambda module: made.append(CountingCompile(module)) or made[-1])
+    fast = distill_predictor(net, "0" * 64, cfg, "cpu", progress=False, compile=True)
+    assert net.model is unet and len(made) == 1
+    # the teacher's one solve for both batches (4), the student's calls of B and 2B, the held-out solves
+    assert {4, 2} <= set(made[0].batches)
+    expected = plain.predictor.state_dict()
+    assert all(torch.equal(expected[k], v) for k, v in fast.predictor.state_dict().items())
+
+
 def test_cli_distill_and_sample(tmp_path, tiny_ckpt):
     runner = CliRunner()
     pred = tmp_path / "p.pt"
