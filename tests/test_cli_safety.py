@@ -4,6 +4,7 @@ byte-identical). One list of cases per class; docs/RELIABILITY.md counts them.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -95,15 +96,30 @@ def _prepare(case: Case, folder: Path, sources: dict[str, Path]) -> None:
             os.symlink(path, folder / name)
 
 
+@contextlib.contextmanager
+def working_dir(folder: Path):
+    """chdir for the block (contextlib.chdir needs Python 3.11)."""
+    previous = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
 def _invoke(case: Case, folder: Path, sources: dict[str, Path]):
+    """Run the case's command in `folder` (also its working directory: default outputs such as
+    samples.png land there, whatever the directory pytest runs from holds)."""
     _prepare(case, folder, sources)
-    return CliRunner().invoke(main, [a.format(d=folder) for a in case.args])
+    with working_dir(folder):
+        return CliRunner().invoke(main, [a.format(d=folder) for a in case.args])
 
 
 def _assert_refused(case: Case, tmp_path: Path, sources: dict[str, Path]) -> None:
     _prepare(case, tmp_path, sources)
     before, shared = _snapshot(tmp_path), {p: p.read_bytes() for p in sources.values()}
-    res = CliRunner().invoke(main, [a.format(d=tmp_path) for a in case.args])
+    with working_dir(tmp_path):
+        res = CliRunner().invoke(main, [a.format(d=tmp_path) for a in case.args])
     lines = [line for line in res.output.splitlines() if line.strip()]
     assert res.exit_code == 2, res.output
     assert len(lines) == 1 and lines[0].startswith("error:"), res.output
