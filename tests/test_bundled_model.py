@@ -62,11 +62,26 @@ def test_amed5_is_close_to_the_accurate_solution():
     assert amed.abs().max() < 2 and torch.isfinite(amed).all()  # data lives in [-1, 1]
 
 
-def test_demo_command_writes_a_labelled_grid(tmp_path, monkeypatch):
-    """The grid lands where asked; the cached graph goes to the cache folder, not the working directory."""
+@pytest.fixture(scope="module")
+def demo_onnx(tmp_path_factory):
+    """The demo's graph, exported once for this module (an export of the bundled model takes ~40 s on a CPU)."""
+    from amed_deploy import demo
+
+    folder = tmp_path_factory.mktemp("demo-cache")
+    graph = demo.demo_graph(folder)
+    assert graph == folder / "demo-amed5.onnx" and sorted(p.name for p in folder.iterdir()) == [graph.name]
+    assert demo._cached_graph_matches(graph, *_demo_hashes(), 5)
+    return graph
+
+
+def test_demo_command_writes_a_labelled_grid(tmp_path, monkeypatch, demo_onnx):
+    """The grid lands where asked; the graph is read from the cache folder, not the working directory
+    (a cached copy of the module's export: the export itself is `demo_onnx`'s)."""
     from amed_deploy import demo
 
     cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / demo_onnx.name).write_bytes(demo_onnx.read_bytes())
     monkeypatch.setattr(demo, "cache_folder", lambda: cache)
     work = tmp_path / "work"
     work.mkdir()
@@ -86,9 +101,12 @@ def test_demo_command_writes_a_labelled_grid(tmp_path, monkeypatch):
     assert graph.stat().st_mtime_ns == stamp
 
 
-@pytest.mark.parametrize("damage", ["garbage", "other-batch"])
-def test_demo_rebuilds_a_cached_graph_that_is_not_its_own(tmp_path, damage):
-    """An unreadable cache, or a graph of another batch size under the demo's name, is re-exported."""
+@pytest.mark.parametrize("damage", ["garbage", "other-batch", "none"])
+def test_demo_rebuilds_a_cached_graph_that_is_not_its_own(tmp_path, monkeypatch, demo_onnx, damage):
+    """An unreadable cache, or a graph of another batch size under the demo's name, is exported again (the
+    export stands in as a copy of the module's real one, which `demo_onnx` checked); its own graph is not."""
+    import onnx
+
     from amed_deploy import demo
     from amed_deploy.metadata import GraphSpec
 
@@ -98,15 +116,22 @@ def test_demo_rebuilds_a_cached_graph_that_is_not_its_own(tmp_path, damage):
     if damage == "garbage":
         graph.write_bytes(b"not an onnx file")
     else:
-        import onnx
-
-        onnx_path = demo.demo_graph(folder)
-        model = onnx.load(onnx_path)
-        prop = next(p for p in model.metadata_props if p.key == "amed_deploy")
-        spec = GraphSpec.from_json(prop.value)
-        prop.value = dataclasses.replace(spec, batch_min=1, batch_opt=1, batch_max=1).to_json()
+        model = onnx.load(demo_onnx)
+        if damage == "other-batch":
+            prop = next(p for p in model.metadata_props if p.key == "amed_deploy")
+            spec = GraphSpec.from_json(prop.value)
+            prop.value = dataclasses.replace(spec, batch_min=1, batch_opt=1, batch_max=1).to_json()
         onnx.save(model, graph)
-    demo.demo_graph(folder)
+    exports = []
+
+    def export_onnx(network, out, **kwargs):
+        exports.append(out)
+        out.write_bytes(demo_onnx.read_bytes())
+
+    monkeypatch.setattr("exporters.onnx_export.export_onnx", export_onnx)
+    assert demo._cached_graph_matches(graph, *_demo_hashes(), 5) == (damage == "none")
+    assert demo.demo_graph(folder) == graph
+    assert exports == ([] if damage == "none" else [graph])
     assert demo._cached_graph_matches(graph, *_demo_hashes(), 5)
 
 
