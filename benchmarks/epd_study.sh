@@ -9,7 +9,7 @@
 # (`amed-deploy distill --student ...` defaults; with INCEPTION, its final-step Inception-feature loss)
 # into WORK/published, and the teacher this project found best for AMED (iPNDM, M = 5, one sub-step; all
 # else the same) into WORK/ipndm. Runs go JOBS (default 4) at a time on the one GPU: each is
-# launch-bound at the recipe's small batches. eval measures every table found as `amed-deploy eval`
+# launch-bound at the recipe's small batches (COMPILE=1 adds `distill --compile`). eval measures every table found as `amed-deploy eval`
 # does, with the same seeds as the other tables of docs/RESULTS.md. Both resume: run again until done
 # (e.g. NFES=5 first to choose the recipe, then RECIPES=<winner> for the rest).
 set -euo pipefail
@@ -19,7 +19,7 @@ ckpt=$3
 cli=${CLI:-"python3 -m amed_deploy.cli"}
 case $step in
 distill)
-  inception=${4:+--inception $4}
+  inception=${4:+--inception $4}${COMPILE:+ --compile}
   mkdir -p "$work/published" "$work/ipndm"
   jobs=()
   for student in epd epd_ipndm; do
