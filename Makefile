@@ -16,8 +16,9 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
+# `make demo MODEL=NAME` samples another bundled model (amed-deploy demo --help lists them)
 demo: venv
-	$(VENV)/bin/amed-deploy demo --force
+	$(VENV)/bin/amed-deploy demo --force $(if $(MODEL),--model $(MODEL))
 
 test: venv
 	$(PY) -m pytest -q -m "not gpu" tests

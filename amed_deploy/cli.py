@@ -17,6 +17,7 @@ import click
 from click.core import ParameterSource
 
 from amed_deploy import __version__
+from amed_deploy.assets import DEMO_MODELS, MODEL_NAME
 from amed_deploy.config import DEFAULT_SCHEDULE
 from amed_deploy.config import solver_options as solver_options_given
 from amed_deploy.data import DEFAULT_FOLDER
@@ -1220,16 +1221,19 @@ def train_edm(
     help="Image grid: .png, .jpg or .jpeg.",
 )  # fmt: skip
 @click.option("--seed", default=0, show_default=True, type=SEED)
+@click.option(
+    "--model", default=MODEL_NAME, show_default=True, type=click.Choice(list(DEMO_MODELS)), help="The bundled model."
+)
 @_force_option
-def demo(out: Path, seed: int, force: bool) -> None:
-    """The built-in default: the bundled Fashion-MNIST model's NFE-5 AMED graph, exported once (cached
-    in the project's engines/ or the user cache folder) and run with ONNX Runtime on the CPU; writes
-    a labelled grid, one row per class."""
+def demo(out: Path, seed: int, model: str, force: bool) -> None:
+    """The built-in default: a bundled model's NFE-5 AMED graph (Fashion-MNIST unless --model says
+    otherwise), exported once (cached in the project's engines/ or the user cache folder) and run with
+    ONNX Runtime on the CPU; writes a labelled grid, one row per class."""
     from amed_deploy.demo import run_demo
 
     check_suffix(out, tuple(IMAGE_FORMATS), "--out")
     plan_outputs({"--out": out}, [], force)
-    r = run_demo(out, seed=seed, overwrite=force)
+    r = run_demo(out, seed=seed, overwrite=force, model=model)
     cfg = r["config"]
     click.echo(
         f"AMED-Solver, NFE {cfg.nfe} ({cfg.num_points} time points, {cfg.schedule}), ONNX Runtime CPU: "

@@ -69,8 +69,8 @@ def demo_onnx(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("demo-cache")
     graph = demo.demo_graph(folder)
-    assert graph == folder / "demo-amed5.onnx" and sorted(p.name for p in folder.iterdir()) == [graph.name]
-    assert demo._cached_graph_matches(graph, *_demo_hashes(), 5)
+    assert graph == folder / "demo-fashion-mnist-amed5.onnx" and [p.name for p in folder.iterdir()] == [graph.name]
+    assert demo._cached_graph_matches(graph, *_demo_hashes(), 5, 60)
     return graph
 
 
@@ -92,7 +92,7 @@ def test_demo_command_writes_a_labelled_grid(tmp_path, monkeypatch, demo_onnx):
     img = Image.open(work / "samples.png")
     assert img.height >= len(CLASS_NAMES) * 32
     assert sorted(p.name for p in work.iterdir()) == ["samples.png"]
-    graph = cache / "demo-amed5.onnx"
+    graph = cache / demo_onnx.name
     stamp = graph.stat().st_mtime_ns
     # a second run needs --force for its own output, and reuses the cached graph
     res = CliRunner().invoke(main, ["demo", "--out", "samples.png"])
@@ -112,7 +112,7 @@ def test_demo_rebuilds_a_cached_graph_that_is_not_its_own(tmp_path, monkeypatch,
 
     folder = tmp_path / "cache"
     folder.mkdir()
-    graph = folder / "demo-amed5.onnx"
+    graph = folder / demo_onnx.name
     if damage == "garbage":
         graph.write_bytes(b"not an onnx file")
     else:
@@ -129,10 +129,10 @@ def test_demo_rebuilds_a_cached_graph_that_is_not_its_own(tmp_path, monkeypatch,
         out.write_bytes(demo_onnx.read_bytes())
 
     monkeypatch.setattr("exporters.onnx_export.export_onnx", export_onnx)
-    assert demo._cached_graph_matches(graph, *_demo_hashes(), 5) == (damage == "none")
+    assert demo._cached_graph_matches(graph, *_demo_hashes(), 5, 60) == (damage == "none")
     assert demo.demo_graph(folder) == graph
     assert exports == ([] if damage == "none" else [graph])
-    assert demo._cached_graph_matches(graph, *_demo_hashes(), 5)
+    assert demo._cached_graph_matches(graph, *_demo_hashes(), 5, 60)
 
 
 def _demo_hashes() -> tuple[str, str]:

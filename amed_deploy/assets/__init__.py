@@ -4,7 +4,10 @@ Each predictor file is named after the solver its record says it was distilled f
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+
+from ..data import CLASS_NAMES
 
 HERE = Path(__file__).parent
 MODEL = HERE / "fashion_mnist_edm.safetensors"
@@ -17,6 +20,20 @@ BUNDLED = {solver: {nfe: HERE / f"{solver}{nfe}.pt" for nfe in NFES} for solver 
 PREDICTORS = BUNDLED["amed"]  # the demo's
 PLUGIN_PREDICTORS = BUNDLED["amed_ipndm_uneven"]
 MODEL_NAME = "fashion-mnist"
+
+
+@dataclass(frozen=True)
+class DemoModel:
+    """A bundled checkpoint as `amed-deploy demo --model NAME` samples it: one grid row per class, with the
+    AMED-Solver predictors distilled for it."""
+
+    name: str
+    file: Path
+    class_names: tuple[str, ...]
+    predictors: dict[int, Path]
+
+
+DEMO_MODELS = {MODEL_NAME: DemoModel(MODEL_NAME, MODEL, CLASS_NAMES, PREDICTORS)}
 
 
 def names() -> dict[str, Path]:
@@ -34,6 +51,7 @@ def resolve(name: str | Path) -> Path:
     return names()[str(name)]
 
 
-def missing() -> list[str]:
-    """Names of bundled files not present in this build."""
-    return [p.name for p in (MODEL, PREDICTORS[5]) if not p.exists()]
+def missing(model: str = MODEL_NAME) -> list[str]:
+    """Names of the bundled files a demo model needs that are not present in this build."""
+    demo = DEMO_MODELS[model]
+    return [p.name for p in (demo.file, demo.predictors[5]) if not p.exists()]
