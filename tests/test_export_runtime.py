@@ -120,10 +120,16 @@ def test_fp16_graph(tmp_path, distilled):
     assert err < 5e-2, err
 
 
-def test_denoiser_graph_with_baseline_solvers(tmp_path):
-    net = tiny_net()
-    out = tmp_path / "denoiser.onnx"
-    export_onnx(AMEDNetwork(net), out, sampler=None, batch=2)
+@pytest.fixture(scope="module")
+def denoiser_onnx(tmp_path_factory):
+    """The tiny network alone (no predictor, no sampler), batch 2: what training-free solvers run on."""
+    out = tmp_path_factory.mktemp("denoiser") / "denoiser.onnx"
+    export_onnx(AMEDNetwork(tiny_net()), out, sampler=None, batch=2)
+    return out
+
+
+def test_denoiser_graph_with_baseline_solvers(denoiser_onnx):
+    net, out = tiny_net(), denoiser_onnx
     with pytest.raises(AmedError, match="choose a solver"):
         Sampler.load(out, device="cpu")
     for solver, nfe in [("ipndm", 5), ("dpmpp3m", 5), ("heun", 6), ("euler", 4)]:
@@ -134,12 +140,10 @@ def test_denoiser_graph_with_baseline_solvers(tmp_path):
         Sampler.load(out, device="cpu", solver="amed", nfe=5, afs=True)
 
 
-def test_denoiser_graph_takes_the_solvers_options(tmp_path):
+def test_denoiser_graph_takes_the_solvers_options(denoiser_onnx):
     """solver_options reach the training-free solver, as its reference names them; the same options on the
     checkpoint give the same samples (one SamplerConfig.create path)."""
-    net = tiny_net()
-    out = tmp_path / "denoiser.onnx"
-    export_onnx(AMEDNetwork(net), out, sampler=None, batch=2)
+    net, out = tiny_net(), denoiser_onnx
     noise = {"predict_x0": False}
     smp = Sampler.load(out, device="cpu", solver="dpmpp3m", nfe=5, solver_options=noise)
     assert smp.config.predict_x0 is False and smp.config.thresholding is False  # thresholding: data prediction only
