@@ -205,6 +205,11 @@ def test_deployed_graph_matches_the_reference_on_every_cpu_executor(tmp_path):
     torch.testing.assert_close(out.images, want, atol=2e-3, rtol=1e-3)
     with pytest.raises(AmedError, match="too large for this EPD graph"):
         Sampler.load(result.path, batch=3)
+    # its denoiser under a training-free solver: no K*B call, so no K*B buffers or binding are kept
+    euler = Sampler.load(result.path, solver="euler", nfe=4)
+    assert sorted(euler.executor.buffers) == [2] and sorted(euler.executor.bindings) == [2]
+    want, _ = reference_sample(AMEDNetwork(network.net), euler.config, seed=7, batch=2, classes=[2, 0])
+    torch.testing.assert_close(euler.sample(seed=7, classes=[2, 0]).images, want, atol=2e-3, rtol=1e-3)
 
 
 def test_checkpoint_with_epd_predictor_samples_like_the_reference(tiny_ckpt, epd_predictor):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Collection
 from typing import Any, ClassVar
 
 import torch
@@ -63,6 +64,17 @@ class Executor(ABC):
 
     @abstractmethod
     def _execute(self, batch: int) -> None: ...
+
+    def keep_only(self, batches: Collection[int]) -> None:
+        """Release the buffers (and backend objects) of the other call batches: an EPD graph sampled by a
+        training-free solver never makes its K*B call."""
+        for batch in [b for b in self.buffers if b not in batches and b != self.batch]:
+            self._drop(batch)
+            del self.buffers[batch]
+
+    @abstractmethod
+    def _drop(self, batch: int) -> None:
+        """Release the backend's objects for one call batch (its buffers go with it)."""
 
     def close(self) -> None:
         """Release the backend's objects and the buffers now rather than at garbage collection."""

@@ -149,6 +149,9 @@ class OnnxExecutor(Executor):
         binding, run_options = self.bindings[batch]
         self.session.run_with_iobinding(binding, run_options)
 
+    def _drop(self, batch: int) -> None:
+        del self.bindings[batch]
+
     def _release(self) -> None:
         self.bindings, self.session = {}, None
 

@@ -178,6 +178,8 @@ class Sampler:
                 ignore_checkpoint_mismatch, compile,
             )  # fmt: skip
         config = resolve_sampler(executor.spec, solver, nfe, schedule, afs, solver_options)
+        if config.solver_config.spec.parallel_points == 1:
+            executor.keep_only((executor.batch,))  # e.g. an EPD graph under a training-free solver
         return cls(executor, config, cuda_graph=cuda_graph)
 
     def sample(

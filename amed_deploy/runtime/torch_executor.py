@@ -60,5 +60,8 @@ class TorchExecutor(Executor):
         for name, value in zip(self._names, out, strict=True):
             outputs[name].copy_(value)
 
+    def _drop(self, batch: int) -> None:
+        """Nothing but the buffers is held per batch."""
+
     def _release(self) -> None:
         self.module = None

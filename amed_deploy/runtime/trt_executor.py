@@ -105,6 +105,9 @@ class TRTExecutor(Executor):
         if not context.execute_async_v3(stream):
             raise AmedError(f"TensorRT execution failed ({self._logger.last_errors()})")
 
+    def _drop(self, batch: int) -> None:
+        del self.contexts[batch]  # its activation memory goes with it
+
     def _release(self) -> None:
         self.contexts = {}  # before the engine they were created from
         self.engine = self._runtime = None
