@@ -14,7 +14,7 @@ import itertools
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -354,11 +354,11 @@ def run_bench(
     previous: dict | None = None,
     deadline: float | None = None,
     save: Callable[[list[Row], dict], None] | None = None,
-    solver: str = "amed",
+    solvers: Sequence[str] = ("amed",),
 ) -> tuple[list[Row], dict]:
-    """Every (model, NFE, batch, path) cell, measured in one process; returns rows and facts. `solver`
-    is the learned solver sampled (amed, or epd: its rows' network is named `<network>-epd`, and its
-    network time is the mean over the loop's calls, of batch B and K*B).
+    """Every (solver, model, NFE, batch, path) cell, measured in one process; returns rows and facts.
+    `solvers` are the learned solvers sampled, one after the other (amed, or epd: its rows' network is
+    named `<network>-epd`, and its network time is the mean over the loop's calls, of batch B and K*B).
 
     `previous` (an earlier call's rows_to_json, same GPU) resumes: its cells are kept, not measured
     again, and its eager rows stay the speedup baseline. No new cell starts after `deadline`
@@ -373,7 +373,7 @@ def run_bench(
         facts = {"gpu": gpu, "torch": torch.__version__, "fp16_matmul_tflops": fp16_matmul_tflops()}
     facts["complete"] = True
     done = done_cells(rows)  # the resumed cells; each new cell is measured once
-    for base, net, kwargs in models:
+    for solver, (base, net, kwargs) in itertools.product(solvers, models):
         name = base if solver == "amed" else f"{base}-{solver}"
         for nfe in nfes:
             if all(cell_key(name, nfe, b, p) in done for b in batches for p in paths):

@@ -407,6 +407,13 @@ def solvers() -> None:
         click.echo(f"    {source}" + (f"; options: {options}" if options else ""))
 
 
+def _graph_kind(spec) -> str:
+    """'AMED amed NFE 5', 'EPD epd NFE 5' or 'denoiser': what a graph samples, in one phrase."""
+    if spec.kind == "denoiser" or spec.sampler is None:
+        return spec.kind
+    return f"{spec.kind.upper()} {spec.sampler.solver} NFE {spec.sampler.nfe}"
+
+
 def _graph_lines(spec, extra: list[str]) -> list[str]:
     cfg = spec.sampler
     parts = {"amed": " (network + tap + g_phi)", "epd": " (network only; the EPD table is in the metadata)"}
@@ -757,10 +764,9 @@ def export(
         target=target,
     )
     spec = result.spec
-    what = (
-        f"{spec.kind.upper()} {spec.sampler.solver} NFE {spec.sampler.nfe}" if spec.kind != "denoiser" else "denoiser"
+    click.echo(
+        f"wrote {out}: {_graph_kind(spec)}, {precision}, target {target}, batch {spec.batch_min}..{spec.batch_max}"
     )
-    click.echo(f"wrote {out}: {what}, {precision}, target {target}, batch {spec.batch_min}..{spec.batch_max}")
     checked = "" if target == "portable" else " (of the fp32 graph before ONNX Runtime's rewrite)"
     click.echo(
         f"  max abs error vs PyTorch (ONNX Runtime CPU){checked}: "
@@ -875,11 +881,9 @@ def check(ctx, onnx_path, ckpt, predictor, engine, batch, seed, json_out, force,
             f"no backend on this machine can run {onnx_path}: " + "; ".join(f"{r.name}: {r.reason}" for r in results)
         )
 
-    learned = spec.kind != "denoiser" and spec.sampler
-    what = f"{spec.kind.upper()} {spec.sampler.solver} NFE {spec.sampler.nfe}" if learned else spec.kind
     click.echo(
-        f"{onnx_path}: {what}, {spec.precision}, target {spec.target}; batch {batch}, seeds {seeds[0]}, {seeds[1]}; "
-        "reference: PyTorch fp32 on the CPU"
+        f"{onnx_path}: {_graph_kind(spec)}, {spec.precision}, target {spec.target}; batch {batch}, "
+        f"seeds {seeds[0]}, {seeds[1]}; reference: PyTorch fp32 on the CPU"
     )
     rows = [("backend", "output", "max abs error", "tolerance", "result")]
     for r in results:
@@ -1104,26 +1108,21 @@ def bench(networks, nfes, batches, paths, repeats, out, minutes, resume, solvers
         )
 
     deadline = None if minutes is None else time.monotonic() + 60 * minutes
-    complete = True
-    for solver in solver_list:
-        rows, facts = run_bench(
-            models,
-            [int(n) for n in nfes.split(",")],
-            [int(b) for b in batches.split(",")],
-            paths.split(","),
-            repeats,
-            show,
-            previous=previous,
-            deadline=deadline,
-            save=save,
-            solver=solver,
-        )
-        previous = rows_to_json(rows, facts)
-        complete = complete and facts.get("complete", True)
-    facts["complete"] = complete
+    rows, facts = run_bench(
+        models,
+        [int(n) for n in nfes.split(",")],
+        [int(b) for b in batches.split(",")],
+        paths.split(","),
+        repeats,
+        show,
+        previous=previous,
+        deadline=deadline,
+        save=save,
+        solvers=solver_list,
+    )
     save(rows, facts)
     click.echo(render_markdown(rows, facts))
-    if not complete:
+    if not facts.get("complete", True):
         click.echo("incomplete: run again with --resume to measure the remaining cells")
 
 

@@ -56,9 +56,8 @@ def profile_shapes(spec: GraphSpec, batch_opt: int | None = None) -> list[dict[s
     graph's batch range with that call's optimum: only the batch dimension varies (tight profiles build
     fast)."""
     opt = spec.batch_opt if batch_opt is None else batch_opt
-    spec.check_batch(opt)
     profiles = []
-    for call_opt in spec.call_batches(opt) if spec.kind == "epd" else (opt,):
+    for call_opt in spec.call_batches(opt):  # checks that each is in the graph's range
         per_batch = [io_shapes(spec, b)[0] for b in (spec.batch_min, call_opt, spec.batch_max)]
         profiles.append({name: [list(shapes[name]) for shapes in per_batch] for name in per_batch[0]})
     return profiles
