@@ -1,44 +1,56 @@
-"""Distillation speed on a CUDA GPU: time per kimg (1000 trajectories) for a real-size network.
+"""Distillation speed on a CUDA GPU: time per training batch of a student's recipe, with the teacher solved per
+batch (`old`), per TEACHER_BATCH samples (`new`, the default) and with the frozen U-Net compiled (`compile`).
 
-python benchmarks/distill_speed.py --kimg 0.512 --out docs/distill_speed.md
+python benchmarks/distill_speed.py --student epd --ckpt amed_deploy/assets/fashion_mnist_edm.safetensors
+python benchmarks/distill_speed.py --student amed            # the CIFAR-10 configuration, random weights
 """
 
 from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import torch
 
+import amed_deploy.distill as distill_module
 from amed_deploy.bench import random_cifar10
-from amed_deploy.distill import DistillConfig, distill
+from amed_deploy.distill import DistillConfig, compiled_unet, distill
+from amed_deploy.sampling import load_model
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--kimg", type=float, default=0.512)
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--out", default="distill_speed.md")
+    ap.add_argument("--student", default="amed")
+    ap.add_argument("--ckpt", default=None, help="checkpoint [default: the CIFAR-10 configuration, random weights]")
+    ap.add_argument("--nfe", type=int, default=5)
+    ap.add_argument("--batches", type=int, default=16)
+    ap.add_argument("--modes", default="old,new,compile")
+    ap.add_argument("--inception", default=None, help="FID network file: EPD's feature loss on the last interval")
     args = ap.parse_args()
-    net = random_cifar10()[0].cuda()
-    warm = DistillConfig(teacher="heun", teacher_m=1, batch=args.batch, kimg=args.batch / 1000)
-    distill(net, warm, "cuda", progress=False)  # cuDNN autotuning, allocator warm-up
-    cfg = DistillConfig(teacher="heun", teacher_m=1, batch=args.batch, kimg=args.kimg)
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    _, sampler, losses = distill(net, cfg, "cuda", progress=False)
-    torch.cuda.synchronize()
-    per_kimg = (time.perf_counter() - start) / (len(losses) * args.batch / 1000)
-    gpu = torch.cuda.get_device_name()
-    text = (
-        f"GPU: {gpu}; torch {torch.__version__}; CIFAR-10 DDPM++ config (random weights), "
-        f"AMED-Solver NFE {sampler.nfe} recipe (teacher Heun M=1, {cfg.schedule}), batch {args.batch}, "
-        f"fp32 (TF32 {'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'}): "
-        f"**{per_kimg:.1f} s per kimg** -> the default 10 kimg takes {10 * per_kimg / 60:.1f} min.\n"
-    )
-    Path(args.out).write_text(text)
-    print(text)
+    net = (load_model(args.ckpt).network.net if args.ckpt else random_cifar10()[0]).cuda()
+    inception = None
+    if args.inception:
+        from amed_deploy.fid import load_inception
+
+        inception = load_inception(args.inception, "cuda")
+    shared = distill_module.TEACHER_BATCH
+    for mode in args.modes.split(","):
+        cfg = DistillConfig.for_student(args.student, nfe=args.nfe)
+        cfg = DistillConfig.for_student(args.student, nfe=args.nfe, kimg=cfg.batch * args.batches / 1000)
+        distill_module.TEACHER_BATCH = cfg.batch if mode == "old" else shared
+        with compiled_unet(net, mode == "compile"):
+            distill(net, cfg, "cuda", progress=False, inception=inception)  # warm-up: autotuning, compilation
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            _, _, losses = distill(net, cfg, "cuda", progress=False, inception=inception)
+            torch.cuda.synchronize()
+        per_batch = (time.perf_counter() - start) / len(losses)
+        print(
+            f"{torch.cuda.get_device_name()} {args.student} NFE {args.nfe} {mode} (batch {cfg.batch}, teacher "
+            f"{cfg.teacher} M={cfg.teacher_m}, feature loss {'on' if inception else 'off'}): {per_batch * 1e3:.0f} ms "
+            f"per batch -> {per_batch * 10000 / cfg.batch / 60:.1f} min for 10 kimg",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -213,6 +213,30 @@ def test_feature_loss_gradients_through_a_torchscript_network_cuda():
         torch.testing.assert_close(x.grad, truth.grad, rtol=1e-4, atol=1e-6, msg=f"call {call}")
 
 
+def test_feature_loss_gradients_through_the_fid_network_cuda():
+    """The same through the real FID Inception-v3 (its optimised TorchScript graph raised in batch-norm
+    backward from the second call on torch 2.11, where the small stand-in above does not): every call
+    gives the first call's gradient for the same images."""
+    import os
+
+    from amed_deploy.fid import differentiable_features, load_inception
+
+    path = os.environ.get("AMED_INCEPTION")
+    if not path:
+        pytest.skip("set AMED_INCEPTION to the FID Inception-v3 TorchScript file (inception-2015-12-05.pt)")
+    net = load_inception(path, "cuda")
+    torch.manual_seed(0)
+    images = torch.rand(2, 3, 32, 32, device="cuda") * 2 - 1
+    grads = []
+    for _ in range(3):
+        x = images.clone().requires_grad_()
+        differentiable_features(x, net).square().sum().backward()
+        grads.append(x.grad)
+    assert grads[0].abs().sum() > 0
+    for later in grads[1:]:
+        torch.testing.assert_close(later, grads[0], rtol=1e-3, atol=1e-5)
+
+
 @pytest.mark.parametrize("cuda_graph", [False, True])
 def test_epd_graph_on_onnxruntime_cuda(tmp_path, cuda_graph):
     """An exported EPD graph on ONNX Runtime's CUDA provider: one I/O binding per call batch (B and K*B;

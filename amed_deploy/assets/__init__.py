@@ -1,5 +1,5 @@
 """Files bundled with the package: the demo model and its predictors, also reachable by short names
-(`fashion-mnist`, `amed5`, `amed_ipndm_uneven5`, ...) wherever a command takes a checkpoint or predictor.
+(`fashion-mnist`, `amed5`, `amed_ipndm_uneven5`, `epd5`, ...) wherever a command takes a checkpoint or predictor.
 Each predictor file is named after the solver its record says it was distilled for."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ MODEL = HERE / "fashion_mnist_edm.safetensors"
 NFES = (3, 5, 7, 9)
 # the solvers with bundled predictors, one file per NFE: the AMED-Solver, the AMED-Plugin on iPNDM with
 # uneven-grid weights (named amed_ipndm before the published formula took that name), the published
-# AMED-Plugin on iPNDM and on DPM-Solver++ (docs/RESULTS.md compares them)
-BUNDLED_SOLVERS = ("amed", "amed_ipndm_uneven", "amed_ipndm", "amed_dpmpp")
+# AMED-Plugin on iPNDM and on DPM-Solver++, and the EPD-Solver's tables (docs/RESULTS.md compares them)
+BUNDLED_SOLVERS = ("amed", "amed_ipndm_uneven", "amed_ipndm", "amed_dpmpp", "epd")
 BUNDLED = {solver: {nfe: HERE / f"{solver}{nfe}.pt" for nfe in NFES} for solver in BUNDLED_SOLVERS}
 PREDICTORS = BUNDLED["amed"]  # the demo's
 PLUGIN_PREDICTORS = BUNDLED["amed_ipndm_uneven"]
