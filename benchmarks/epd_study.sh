@@ -2,9 +2,9 @@
 # The EPD-Solver / EPD-Plugin recipe study in docs/RESULTS.md ("EPD-Solver on the bundled model"), on a CUDA GPU:
 #
 #   benchmarks/epd_study.sh distill WORK CKPT [INCEPTION]      # tables into WORK/{published,ipndm}/
-#   benchmarks/epd_study.sh eval WORK CKPT DATA INCEPTION      # FID + RMSE of each into WORK/*.json, *.md
+#   benchmarks/epd_study.sh eval WORK CKPT DATA INCEPTION      # FID + RMSE into WORK/RECIPE-STUDENT.json, .md
 #
-# distill trains EPD-Solver (`epd`) and EPD-Plugin on iPNDM (`epd_ipndm`) for each NFE in NFES (default
+# distill trains EPD-Solver (`epd`) and EPD-Plugin on iPNDM (`epd_ipndm`) (STUDENTS narrows) for each NFE in NFES (default
 # "3 5 7 9") and each recipe in RECIPES (default "published ipndm"): the published recipe
 # (`amed-deploy distill --student ...` defaults; with INCEPTION, its final-step Inception-feature loss)
 # into WORK/published, and the teacher this project found best for AMED (iPNDM, M = 5, one sub-step; all
@@ -22,7 +22,7 @@ distill)
   inception=${4:+--inception $4}${COMPILE:+ --compile}
   mkdir -p "$work/published" "$work/ipndm"
   jobs=()
-  for student in epd epd_ipndm; do
+  for student in ${STUDENTS:-epd epd_ipndm}; do
     for nfe in ${NFES:-3 5 7 9}; do
       for recipe in ${RECIPES:-published ipndm}; do
         case $recipe in
@@ -42,11 +42,14 @@ distill)
   ;;
 eval)
   for recipe in published ipndm; do
-    [ -d "$work/$recipe" ] || continue
-    $cli eval --ckpt "$ckpt" --data "$4" --inception "$5" --solvers epd,epd_ipndm --nfe 3,5,7,9 \
-      --predictor-dir "$work/$recipe" --predictors "epd{nfe}.pt,epd_ipndm{nfe}.pt" \
-      --num 10000 --batch 1000 --fd-method eigh --device cuda --stats-cache "$work/train-stats.npz" \
-      --out "$work/$recipe.json" --markdown "$work/$recipe.md" --resume
+    for student in epd epd_ipndm; do  # the tables distilled so far (a partial study is measured as far as it got)
+      nfes=$(cd "$work/$recipe" 2>/dev/null && ls $student[0-9].pt 2>/dev/null | sed "s/^$student//; s/\.pt$//" | paste -sd,)
+      [ -n "$nfes" ] || continue
+      $cli eval --ckpt "$ckpt" --data "$4" --inception "$5" --solvers $student --nfe "$nfes" \
+        --predictor-dir "$work/$recipe" --predictors "$student{nfe}.pt" \
+        --num 10000 --batch 1000 --fd-method eigh --device cuda --stats-cache "$work/train-stats.npz" \
+        --out "$work/$recipe-$student.json" --markdown "$work/$recipe-$student.md" --resume
+    done
   done
   ;;
 *)
