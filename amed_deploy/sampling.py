@@ -74,10 +74,10 @@ def reference_sample(
 ) -> tuple[Tensor, Tensor | None]:
     """Images in [-1, 1] (unclamped) from seeded noise, and the one-hot labels used."""
     net = network.net
-    if sampler.solver_config.uses_predictor and network.predictor is None:
+    if not sampler.solver_config.uses_predictor:
+        network = AMEDNetwork(net)  # a training-free solver reads the bare network, whatever predictor it has
+    elif network.predictor is None:
         raise AmedError(f"solver {sampler.solver} needs a predictor (--predictor amed5.pt)")
-    if not sampler.solver_config.uses_predictor:  # a training-free solver reads the bare network (an EPD
-        network = AMEDNetwork(net)  # table's graph record would refuse its sampler)
     spec = graph_spec(network, sampler if network.predictor is not None else None, "fp32", batch)
     check_fits(spec, batch, torch.device(device))
     noise, labels = make_inputs(seed, batch, image_shape(net), network.label_dim, classes)

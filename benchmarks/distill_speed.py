@@ -8,6 +8,7 @@ python benchmarks/distill_speed.py --student amed            # the CIFAR-10 conf
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import torch
@@ -35,8 +36,8 @@ def main() -> None:
         inception = load_inception(args.inception, "cuda")
     shared = distill_module.TEACHER_BATCH
     for mode in args.modes.split(","):
-        cfg = DistillConfig.for_student(args.student, nfe=args.nfe)
-        cfg = DistillConfig.for_student(args.student, nfe=args.nfe, kimg=cfg.batch * args.batches / 1000)
+        recipe = DistillConfig.for_student(args.student, nfe=args.nfe)
+        cfg = dataclasses.replace(recipe, kimg=recipe.batch * args.batches / 1000)
         distill_module.TEACHER_BATCH = cfg.batch if mode == "old" else shared
         with compiled_unet(net, mode == "compile"):
             distill(net, cfg, "cuda", progress=False, inception=inception)  # warm-up: autotuning, compilation

@@ -44,40 +44,54 @@ def test_the_relabelled_plugin_predictors_hold_their_training_record():
         assert "amed_ipndm -> amed_ipndm_uneven" in bundle.training["relabelled"]
 
 
-def test_amed5_is_close_to_the_accurate_solution():
-    """At NFE 5 the bundled AMED-Solver lands near a 35-NFE Heun solution from the same noise, much
-    nearer than DPM-Solver-2 at the same NFE (the property the project exists for)."""
+CLASSES = list(range(len(CLASS_NAMES)))
+
+
+def _sample(network, cfg):
+    """One image per class from the seed the accuracy tests share."""
+    return reference_sample(network, cfg, seed=123, batch=10, classes=CLASSES)[0]
+
+
+@pytest.fixture(scope="module")
+def amed5():
+    return load_model(assets.MODEL, assets.PREDICTORS[5])
+
+
+@pytest.fixture(scope="module")
+def heun_solution(amed5):
+    """The accurate ODE solution the accuracy tests compare with: Heun at NFE 35 from the shared seed."""
     from amed_deploy.sampling import baseline_sampler
 
-    loaded = load_model(assets.MODEL, assets.PREDICTORS[5])
-    classes = list(range(len(CLASS_NAMES)))
-    amed, _ = reference_sample(loaded.network, loaded.bundle.sampler, seed=123, batch=10, classes=classes)
-    net = loaded.network.net
-    heun, _ = reference_sample(loaded.network, baseline_sampler(net, "heun", 34), seed=123, batch=10, classes=classes)
-    cfg = loaded.bundle.sampler
+    return _sample(amed5.network, baseline_sampler(amed5.network.net, "heun", 34))
+
+
+def _rmse(a, b) -> float:
+    return (a - b).square().mean().sqrt().item()
+
+
+def test_amed5_is_close_to_the_accurate_solution(amed5, heun_solution):
+    """At NFE 5 the bundled AMED-Solver lands near a 35-NFE Heun solution from the same noise, much
+    nearer than DPM-Solver-2 at the same NFE (the property the project exists for)."""
+    cfg = amed5.bundle.sampler
+    amed = _sample(amed5.network, cfg)
     dpm2_cfg = type(cfg).create("dpm2", 5, cfg.schedule, (cfg.sigma_min, cfg.sigma_max), True)
-    dpm2, _ = reference_sample(loaded.network, dpm2_cfg, seed=123, batch=10, classes=classes)
-    rmse = lambda a, b: (a - b).square().mean().sqrt().item()  # noqa: E731
-    assert rmse(amed, heun) < 0.8 * rmse(dpm2, heun), (rmse(amed, heun), rmse(dpm2, heun))
+    dpm2 = _sample(amed5.network, dpm2_cfg)
+    heun = heun_solution
+    assert _rmse(amed, heun) < 0.8 * _rmse(dpm2, heun), (_rmse(amed, heun), _rmse(dpm2, heun))
     assert amed.abs().max() < 2 and torch.isfinite(amed).all()  # data lives in [-1, 1]
 
 
-def test_epd5_is_nearer_the_accurate_solution_than_amed5_and_ipndm():
+def test_epd5_is_nearer_the_accurate_solution_than_amed5_and_ipndm(amed5, heun_solution):
     """The bundled EPD-Solver table at NFE 5 (2 parallel points per interval) lands nearer a 35-NFE Heun solution
     than both the bundled AMED-Solver and iPNDM at the same NFE, from the same noise; the EPD network also samples
     a training-free solver (its table unused)."""
     from amed_deploy.sampling import baseline_sampler
 
     epd = load_model(assets.MODEL, assets.BUNDLED["epd"][5])
-    amed = load_model(assets.MODEL, assets.PREDICTORS[5])
-    net, classes = epd.network.net, list(range(len(CLASS_NAMES)))
-    run = lambda network, cfg: reference_sample(network, cfg, seed=123, batch=10, classes=classes)[0]  # noqa: E731
-    heun = run(epd.network, baseline_sampler(net, "heun", 34))
-    rmse = lambda a: (a - heun).square().mean().sqrt().item()  # noqa: E731
     errors = {
-        "epd": rmse(run(epd.network, epd.bundle.sampler)),
-        "amed": rmse(run(amed.network, amed.bundle.sampler)),
-        "ipndm": rmse(run(epd.network, baseline_sampler(net, "ipndm", 5))),
+        "epd": _rmse(_sample(epd.network, epd.bundle.sampler), heun_solution),
+        "amed": _rmse(_sample(amed5.network, amed5.bundle.sampler), heun_solution),
+        "ipndm": _rmse(_sample(epd.network, baseline_sampler(epd.network.net, "ipndm", 5)), heun_solution),
     }
     assert errors["epd"] < 0.8 * min(errors["amed"], errors["ipndm"]), errors
 
