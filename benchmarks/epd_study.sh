@@ -43,7 +43,7 @@ distill)
 eval)
   for recipe in published ipndm; do
     for student in epd epd_ipndm; do  # the tables distilled so far (a partial study is measured as far as it got)
-      nfes=$(cd "$work/$recipe" 2>/dev/null && ls $student[0-9].pt 2>/dev/null | sed "s/^$student//; s/\.pt$//" | paste -sd,)
+      nfes=$(cd "$work/$recipe" 2>/dev/null && ls $student[0-9].pt 2>/dev/null | sed "s/^$student//; s/\.pt$//" | paste -sd,) || true
       [ -n "$nfes" ] || continue
       $cli eval --ckpt "$ckpt" --data "$4" --inception "$5" --solvers $student --nfe "$nfes" \
         --predictor-dir "$work/$recipe" --predictors "$student{nfe}.pt" \

@@ -25,7 +25,7 @@ def test_bundle_is_small_and_predictors_are_bound_to_it():
     from amed_deploy.checkpoint.load import load_checkpoint
 
     sha = model_sha256(load_checkpoint(assets.MODEL))
-    assert set(assets.BUNDLED) == {"amed", "amed_ipndm_uneven", "amed_ipndm", "amed_dpmpp", "epd"}
+    assert set(assets.BUNDLED) == {"amed", "amed_ipndm_uneven", "amed_ipndm", "amed_dpmpp", "epd", "epd_ipndm"}
     for solver, files in assets.BUNDLED.items():
         for nfe, path in files.items():
             bundle = load_predictor(path, model_sha256=sha)  # refuses a mismatch
@@ -81,19 +81,22 @@ def test_amed5_is_close_to_the_accurate_solution(amed5, heun_solution):
     assert amed.abs().max() < 2 and torch.isfinite(amed).all()  # data lives in [-1, 1]
 
 
-def test_epd5_is_nearer_the_accurate_solution_than_amed5_and_ipndm(amed5, heun_solution):
-    """The bundled EPD-Solver table at NFE 5 (2 parallel points per interval) lands nearer a 35-NFE Heun solution
-    than both the bundled AMED-Solver and iPNDM at the same NFE, from the same noise; the EPD network also samples
-    a training-free solver (its table unused)."""
+def test_epd5_tables_are_nearer_the_accurate_solution_than_amed5_and_ipndm(amed5, heun_solution):
+    """The bundled EPD-Solver and EPD-Plugin (iPNDM) tables at NFE 5 (2 parallel points per interval) land nearer
+    a 35-NFE Heun solution than both the bundled AMED-Solver and iPNDM at the same NFE, from the same noise; the
+    EPD network also samples a training-free solver (its table unused)."""
     from amed_deploy.sampling import baseline_sampler
 
     epd = load_model(assets.MODEL, assets.BUNDLED["epd"][5])
+    plugin = load_model(assets.MODEL, assets.BUNDLED["epd_ipndm"][5])
     errors = {
         "epd": _rmse(_sample(epd.network, epd.bundle.sampler), heun_solution),
+        "epd_ipndm": _rmse(_sample(plugin.network, plugin.bundle.sampler), heun_solution),
         "amed": _rmse(_sample(amed5.network, amed5.bundle.sampler), heun_solution),
         "ipndm": _rmse(_sample(epd.network, baseline_sampler(epd.network.net, "ipndm", 5)), heun_solution),
     }
     assert errors["epd"] < 0.8 * min(errors["amed"], errors["ipndm"]), errors
+    assert errors["epd_ipndm"] < 0.85 * min(errors["amed"], errors["ipndm"]), errors
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,9 @@ MODEL = HERE / "fashion_mnist_edm.safetensors"
 NFES = (3, 5, 7, 9)
 # the solvers with bundled predictors, one file per NFE: the AMED-Solver, the AMED-Plugin on iPNDM with
 # uneven-grid weights (named amed_ipndm before the published formula took that name), the published
-# AMED-Plugin on iPNDM and on DPM-Solver++, and the EPD-Solver's tables (docs/RESULTS.md compares them)
-BUNDLED_SOLVERS = ("amed", "amed_ipndm_uneven", "amed_ipndm", "amed_dpmpp", "epd")
+# AMED-Plugin on iPNDM and on DPM-Solver++, and the tables of the EPD-Solver and of the EPD-Plugin on iPNDM
+# (docs/RESULTS.md compares them)
+BUNDLED_SOLVERS = ("amed", "amed_ipndm_uneven", "amed_ipndm", "amed_dpmpp", "epd", "epd_ipndm")
 BUNDLED = {solver: {nfe: HERE / f"{solver}{nfe}.pt" for nfe in NFES} for solver in BUNDLED_SOLVERS}
 PREDICTORS = BUNDLED["amed"]  # the demo's
 PLUGIN_PREDICTORS = BUNDLED["amed_ipndm_uneven"]
