@@ -86,6 +86,46 @@ def test_onnxruntime_cuda_provider(tmp_path, distilled, reference, precision):
         assert _rel(graphed.sample(seed=5).images, images) <= 1e-4
 
 
+@pytest.mark.parametrize("backend", ["torch", "ort", "ort-graph"])
+def test_executor_waits_for_pending_writes_to_its_inputs(tmp_path, tiny_ckpt, distilled, backend):
+    """run() evaluates the inputs as torch's current stream wrote them, even when those writes still wait
+    behind a long kernel. ONNX Runtime runs on a stream of its own (the default stream's handle 0 cannot be
+    handed to it), so without waiting it read the previous inputs: wrong samples on a busy GPU."""
+    *_, pred = distilled
+    if backend == "torch":
+        smp = Sampler.load(tiny_ckpt, predictor=pred, batch=4, device="cuda")
+    else:
+        ort = pytest.importorskip("onnxruntime")
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            pytest.skip("onnxruntime-gpu with a CUDA provider is not installed (pip install onnxruntime-gpu)")
+        from exporters.onnx_export import export_onnx
+
+        network, sampler, *_ = distilled
+        path = tmp_path / "g.onnx"
+        export_onnx(network, path, sampler=sampler, batch=4)
+        try:
+            smp = Sampler.load(path, device="cuda", cuda_graph=backend == "ort-graph")
+        except AmedError as e:
+            assert "could not record this graph as a CUDA graph" in str(e)
+            pytest.skip(f"ONNX Runtime recorded no CUDA graph of this graph: {e}")
+    smp.sample(seed=5)  # leaves the last call's (valid) inputs in the buffers
+    ex = smp.executor
+    inputs, outputs = ex.buffers[ex.batch]
+    saved = {name: t.clone() for name, t in inputs.items()}
+    ex.run()
+    want = {name: t.clone() for name, t in outputs.items()}
+    for t in inputs.values():
+        t.zero_()
+    torch.cuda.synchronize()
+    torch.cuda._sleep(500_000_000)  # some 0.2 s of GPU time on torch's stream, ahead of the writes below
+    for name, t in inputs.items():
+        t.copy_(saved[name])  # device to device: enqueued, not yet done when run() is called
+    ex.run()
+    got = {name: t.clone() for name, t in outputs.items()}
+    for name in want:
+        assert torch.equal(got[name], want[name]), name
+
+
 def test_tiny_net_is_not_degenerate():
     """The parity above means something only if the network output depends on its input."""
     net = tiny_net().cuda()

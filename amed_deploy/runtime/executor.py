@@ -6,9 +6,11 @@ against the graph contract and binds preallocated buffers for one batch size; `r
 graph on those buffers; `close()` releases the backend and the buffers. The loop writes into `inputs`,
 calls `run()`, and reads `outputs`; nothing is allocated per call. An EPD graph is also called with K
 times the sampling batch (its parallel points): `buffers` then holds a second set for that batch size,
-run with `run(batch)`, bound once like the first (GraphSpec.call_batches). On CUDA, `run()` is enqueued on
-torch's current stream so torch ops and the backend stay ordered without host synchronisation (which
-also makes whole-loop CUDA-graph capture possible).
+run with `run(batch)`, bound once like the first (GraphSpec.call_batches). On CUDA, `run()` evaluates the
+inputs as torch's current stream last wrote them and leaves outputs that torch's later work sees complete:
+PyTorch and TensorRT enqueue on that stream, without host synchronisation (which also makes whole-loop
+CUDA-graph capture possible); ONNX Runtime runs on a stream of its own, so its `run()` waits for torch's
+pending work before and for its own outputs after.
 """
 
 from __future__ import annotations

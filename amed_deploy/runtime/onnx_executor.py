@@ -94,8 +94,6 @@ class OnnxExecutor(Executor):
                 options["prefer_nhwc"] = "1"  # its GroupNorm/NhwcConv nodes are channels-last: no transposes
             if cuda_graph:
                 options["enable_cuda_graph"] = "1"
-            else:  # share torch's stream so torch ops and ORT kernels stay ordered without host syncs
-                options["user_compute_stream"] = str(torch.cuda.current_stream(device).cuda_stream)
             options.update(provider_options or {})
             providers = [("CUDAExecutionProvider", options)]
         elif provider_options:
@@ -144,10 +142,15 @@ class OnnxExecutor(Executor):
             ) from None
 
     def _execute(self, batch: int) -> None:
-        if self.device.type == "cuda" and self.cuda_graph:
-            torch.cuda.current_stream(self.device).synchronize()  # ORT replays on its own stream
         binding, run_options = self.bindings[batch]
+        if self.device.type == "cuda":
+            # ORT runs (and replays its CUDA graph) on a stream of its own, which does not wait for torch's
+            # pending writes to the inputs: finish them first. (Handing it torch's stream instead does not
+            # work for the default stream, whose handle 0 reads as "no stream given".)
+            torch.cuda.current_stream(self.device).synchronize()
         self.session.run_with_iobinding(binding, run_options)
+        if self.device.type == "cuda":
+            binding.synchronize_outputs()  # complete before torch reads them
 
     def _drop(self, batch: int) -> None:
         del self.bindings[batch]
