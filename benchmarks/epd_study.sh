@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The EPD-Solver / EPD-Plugin recipe study in docs/RESULTS.md ("EPD-Solver on the bundled model"), on a CUDA GPU:
+# The EPD-Solver / EPD-Plugin recipe study of docs/RESULTS.md ("EPD-Solver on the bundled model"; any model
+# checkpoint), on a CUDA GPU:
 #
 #   benchmarks/epd_study.sh distill WORK CKPT [INCEPTION]      # tables into WORK/{published,ipndm}/
 #   benchmarks/epd_study.sh eval WORK CKPT DATA INCEPTION      # FID + RMSE into WORK/RECIPE-STUDENT.json, .md
