@@ -202,12 +202,14 @@ def distill(
     minutes: float | None = None,
     on_estimate: Callable[[str], None] | None = None,
     inception: Inception | None = None,
+    teacher_batch: int = TEACHER_BATCH,
 ) -> tuple[AMEDNetwork, SamplerConfig, list[float]]:
     """Train a fresh predictor for `net` (frozen); returns the network+predictor, the sampler config
     and the per-batch mean losses. With `minutes`, training stops after that much wall time (at
     least one batch) and keeps what it learned; `on_estimate` hears the projected duration after
     the first batch, so a long CPU run is announced rather than discovered. `inception` (an EPD
-    student only) makes the last interval's loss EPD's Inception-feature loss."""
+    student only) makes the last interval's loss EPD's Inception-feature loss. The teacher is solved
+    for `teacher_batch` samples at once (at least one training batch: the speed study times both)."""
     device = torch.device(device)
     sampler = sampler_for(net, cfg)
     if not sampler.solver_config.uses_predictor:
@@ -233,7 +235,7 @@ def distill(
         annealing = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=cfg.lr_final)
     train_batch = _epd_batch if cfg.epd else _amed_batch
     batches = cfg.batches
-    per_solve = max(1, TEACHER_BATCH // cfg.batch)  # training batches per teacher solve
+    per_solve = max(1, teacher_batch // cfg.batch)  # training batches per teacher solve
     losses: list[float] = []
     began = time.monotonic()
     bar = tqdm(range(batches), desc=f"distill {cfg.student} NFE {cfg.nfe}", unit="batch", disable=not progress)

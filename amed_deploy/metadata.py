@@ -116,10 +116,11 @@ class GraphSpec:
         """K: an EPD graph is also called with K times the sampling batch (1 for every other kind)."""
         return get_solver(self.sampler.solver).parallel_points if self.kind == "epd" else 1
 
-    def call_batches(self, batch: int) -> tuple[int, ...]:
+    def call_batches(self, batch: int, parallel: bool = True) -> tuple[int, ...]:
         """The batch sizes a sampler of `batch` samples calls this graph with, (B,) or for EPD (B, K*B),
-        after checking that both are in the graph's range."""
-        k = self.parallel_points
+        after checking that both are in the graph's range. `parallel=False`: the sampler makes no
+        parallel call (an EPD graph's denoiser under a training-free solver), so only (B,)."""
+        k = self.parallel_points if parallel else 1
         if k > 1 and self.batch_min <= batch <= self.batch_max < k * batch:
             raise AmedError(
                 f"batch {batch} is too large for this EPD graph: its parallel call evaluates {k} points per "

@@ -13,9 +13,8 @@ import time
 
 import torch
 
-import amed_deploy.distill as distill_module
 from amed_deploy.bench import random_cifar10
-from amed_deploy.distill import DistillConfig, compiled_unet, distill
+from amed_deploy.distill import TEACHER_BATCH, DistillConfig, compiled_unet, distill
 from amed_deploy.sampling import load_model
 
 
@@ -34,16 +33,16 @@ def main() -> None:
         from amed_deploy.fid import load_inception
 
         inception = load_inception(args.inception, "cuda")
-    shared = distill_module.TEACHER_BATCH
     for mode in args.modes.split(","):
         recipe = DistillConfig.for_student(args.student, nfe=args.nfe)
         cfg = dataclasses.replace(recipe, kimg=recipe.batch * args.batches / 1000)
-        distill_module.TEACHER_BATCH = cfg.batch if mode == "old" else shared
+        teacher_batch = cfg.batch if mode == "old" else TEACHER_BATCH
+        run = dict(progress=False, inception=inception, teacher_batch=teacher_batch)
         with compiled_unet(net, mode == "compile"):
-            distill(net, cfg, "cuda", progress=False, inception=inception)  # warm-up: autotuning, compilation
+            distill(net, cfg, "cuda", **run)  # warm-up: autotuning, compilation
             torch.cuda.synchronize()
             start = time.perf_counter()
-            _, _, losses = distill(net, cfg, "cuda", progress=False, inception=inception)
+            _, _, losses = distill(net, cfg, "cuda", **run)
             torch.cuda.synchronize()
         per_batch = (time.perf_counter() - start) / len(losses)
         print(

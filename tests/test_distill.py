@@ -44,11 +44,10 @@ def test_distillation_leaves_the_network_unchanged(distilled, tiny_ckpt):
 
 
 @pytest.mark.parametrize("student", ["amed", "epd"])
-def test_one_teacher_solve_for_many_batches_trains_as_per_batch_solves(tiny_ckpt, student, monkeypatch):
+def test_one_teacher_solve_for_many_batches_trains_as_per_batch_solves(tiny_ckpt, student):
     """The teacher solves several training batches at once; every batch still gets its own seed's noise,
     labels and teacher states, so the losses and the predictor equal those of one solve per batch (to
     float rounding)."""
-    import amed_deploy.distill as distill_module
     from amed_deploy.checkpoint.build import build_model
     from amed_deploy.checkpoint.load import load_checkpoint
 
@@ -56,8 +55,7 @@ def test_one_teacher_solve_for_many_batches_trains_as_per_batch_solves(tiny_ckpt
     cfg = DistillConfig.for_student(student, nfe=5, batch=3, kimg=0.015, teacher_m=1, teacher_inner=1)
     results = []
     for per_solve in (1, 2):  # 5 batches: solves of 1 batch each, then of 2, 2 and 1
-        monkeypatch.setattr(distill_module, "TEACHER_BATCH", per_solve * cfg.batch)
-        network, _, losses = distill(net, cfg, progress=False)
+        network, _, losses = distill(net, cfg, progress=False, teacher_batch=per_solve * cfg.batch)
         results.append((losses, network.predictor.state_dict()))
     (one, pred_one), (two, pred_two) = results
     assert len(one) == 5 and np.allclose(one, two, rtol=1e-4)

@@ -205,11 +205,16 @@ def test_deployed_graph_matches_the_reference_on_every_cpu_executor(tmp_path):
     torch.testing.assert_close(out.images, want, atol=2e-3, rtol=1e-3)
     with pytest.raises(AmedError, match="too large for this EPD graph"):
         Sampler.load(result.path, batch=3)
-    # its denoiser under a training-free solver: no K*B call, so no K*B buffers or binding are kept
+    # its denoiser under a training-free solver: no K*B call, so no K*B buffers or binding are made, and a
+    # batch whose K*B call would not fit the graph's range is fine
     euler = Sampler.load(result.path, solver="euler", nfe=4)
     assert sorted(euler.executor.buffers) == [2] and sorted(euler.executor.bindings) == [2]
     want, _ = reference_sample(AMEDNetwork(network.net), euler.config, seed=7, batch=2, classes=[2, 0])
     torch.testing.assert_close(euler.sample(seed=7, classes=[2, 0]).images, want, atol=2e-3, rtol=1e-3)
+    euler3 = Sampler.load(result.path, solver="euler", nfe=4, batch=3)
+    assert sorted(euler3.executor.buffers) == [3]
+    want, _ = reference_sample(AMEDNetwork(network.net), euler3.config, seed=7, batch=3, classes=[2, 0, 1])
+    torch.testing.assert_close(euler3.sample(seed=7, classes=[2, 0, 1]).images, want, atol=2e-3, rtol=1e-3)
 
 
 def test_checkpoint_with_epd_predictor_samples_like_the_reference(tiny_ckpt, epd_predictor):

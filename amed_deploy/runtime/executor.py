@@ -6,7 +6,8 @@ against the graph contract and binds preallocated buffers for one batch size; `r
 graph on those buffers; `close()` releases the backend and the buffers. The loop writes into `inputs`,
 calls `run()`, and reads `outputs`; nothing is allocated per call. An EPD graph is also called with K
 times the sampling batch (its parallel points): `buffers` then holds a second set for that batch size,
-run with `run(batch)`, bound once like the first (GraphSpec.call_batches). On CUDA, `run()` evaluates the
+run with `run(batch)`, bound once like the first (GraphSpec.call_batches; `open(..., parallel=False)` binds
+only the first, for a sampler that makes no parallel call). On CUDA, `run()` evaluates the
 inputs as torch's current stream last wrote them and leaves outputs that torch's later work sees complete:
 PyTorch and TensorRT enqueue on that stream, without host synchronisation (which also makes whole-loop
 CUDA-graph capture possible); ONNX Runtime runs on a stream of its own, so its `run()` waits for torch's
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Collection
 from typing import Any, ClassVar
 
 import torch
@@ -67,17 +67,6 @@ class Executor(ABC):
     @abstractmethod
     def _execute(self, batch: int) -> None: ...
 
-    def keep_only(self, batches: Collection[int]) -> None:
-        """Release the buffers (and backend objects) of the other call batches: an EPD graph sampled by a
-        training-free solver never makes its K*B call."""
-        for batch in [b for b in self.buffers if b not in batches and b != self.batch]:
-            self._drop(batch)
-            del self.buffers[batch]
-
-    @abstractmethod
-    def _drop(self, batch: int) -> None:
-        """Release the backend's objects for one call batch (its buffers go with it)."""
-
     def close(self) -> None:
         """Release the backend's objects and the buffers now rather than at garbage collection."""
         self._closed = True
@@ -94,11 +83,11 @@ class Executor(ABC):
         self.close()
 
 
-def allocate(spec: GraphSpec, batch: int, device: torch.device) -> dict[int, Buffers]:
-    """Preallocate every I/O buffer of a graph for a sampling batch of `batch` on `device` (and, for EPD,
-    for its K*batch parallel call), after checking that the batches are in the graph's range and that
-    they fit in the device's memory (an OOM kill says nothing)."""
-    batches = spec.call_batches(batch)
+def allocate(spec: GraphSpec, batch: int, device: torch.device, parallel: bool = True) -> dict[int, Buffers]:
+    """Preallocate every I/O buffer of a graph for a sampling batch of `batch` on `device` (and, for EPD
+    with `parallel`, for its K*batch parallel call), after checking that the batches are in the graph's
+    range and that they fit in the device's memory (an OOM kill says nothing)."""
+    batches = spec.call_batches(batch, parallel)
     check_fits(spec, sum(batches), device)
 
     def make(shapes: dict[str, tuple[int, ...]]) -> dict[str, Tensor]:

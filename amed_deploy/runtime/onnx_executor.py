@@ -72,10 +72,12 @@ class OnnxExecutor(Executor):
         *,
         cuda_graph: bool = False,
         provider_options: dict[str, str] | None = None,
+        parallel: bool = True,
     ) -> OnnxExecutor:
         """Open a session, check the graph against its metadata, bind buffers for `batch` (default: the
-        graph's optimum). `provider_options` override the CUDA provider's defaults (ORT's documented
-        names, e.g. use_tf32="1", which our fp32 sessions switch off so that fp32 graphs compute in fp32)."""
+        graph's optimum; an EPD graph's parallel call too unless `parallel` is False). `provider_options`
+        override the CUDA provider's defaults (ORT's documented names, e.g. use_tf32="1", which our fp32
+        sessions switch off so that fp32 graphs compute in fp32)."""
         device = torch.device(device)
         target = onnx_graph_spec(path).target if Path(path).is_file() else "portable"
         if target == "ort-cuda" and device.type != "cuda":
@@ -107,9 +109,9 @@ class OnnxExecutor(Executor):
         if image_dtype(spec) not in _ORT_TYPES:
             raise AmedError(f"{path}: {spec.precision} graphs are not supported by ONNX Runtime here")
         batch = spec.batch_opt if batch is None else batch
-        spec.call_batches(batch)  # an EPD graph's parallel call too, before anything is loaded
+        spec.call_batches(batch, parallel)  # an EPD graph's parallel call too, before anything is loaded
         _check_signature(session, spec, path, batch)  # before allocating: the buffers' sizes come from the metadata
-        buffers = allocate(spec, batch, device)
+        buffers = allocate(spec, batch, device, parallel)
         bindings = {
             b: _bind(session, ins, outs, device, cuda_graph, k) for k, (b, (ins, outs)) in enumerate(buffers.items())
         }
@@ -151,9 +153,6 @@ class OnnxExecutor(Executor):
         self.session.run_with_iobinding(binding, run_options)
         if self.device.type == "cuda":
             binding.synchronize_outputs()  # complete before torch reads them
-
-    def _drop(self, batch: int) -> None:
-        del self.bindings[batch]
 
     def _release(self) -> None:
         self.bindings, self.session = {}, None

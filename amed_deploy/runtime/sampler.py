@@ -161,25 +161,25 @@ class Sampler:
             afs=afs,
             solver_options=solver_options,
         )
+        # a training-free solver on an EPD graph's denoiser makes no parallel call: bind no K*B buffers
+        parallel = solver is None or get_solver(solver).parallel_points > 1
         if backend is ONNX:
             from .onnx_executor import OnnxExecutor
 
             executor: Executor = OnnxExecutor.open(
-                path, batch, dev, cuda_graph=cuda_graph, provider_options=provider_options
+                path, batch, dev, cuda_graph=cuda_graph, provider_options=provider_options, parallel=parallel
             )
         elif backend is TENSORRT:
             from .trt_executor import TRTExecutor
 
-            executor = TRTExecutor.open(path, batch, dev)
+            executor = TRTExecutor.open(path, batch, dev, parallel=parallel)
         else:
             executor = _open_checkpoint(
                 path, predictor, 1 if batch is None else batch, dev, precision or "fp32", solver, nfe,
                 schedule or DEFAULT_SCHEDULE, bool(afs), solver_options,
-                ignore_checkpoint_mismatch, compile,
+                ignore_checkpoint_mismatch, compile, parallel,
             )  # fmt: skip
         config = resolve_sampler(executor.spec, solver, nfe, schedule, afs, solver_options)
-        if config.solver_config.spec.parallel_points == 1:
-            executor.keep_only((executor.batch,))  # e.g. an EPD graph under a training-free solver
         return cls(executor, config, cuda_graph=cuda_graph)
 
     def sample(
@@ -308,7 +308,7 @@ def resolve_sampler(
 
 
 def _open_checkpoint(
-    path, predictor, batch, dev, precision, solver, nfe, schedule, afs, options, mismatch, compile
+    path, predictor, batch, dev, precision, solver, nfe, schedule, afs, options, mismatch, compile, parallel
 ) -> Executor:
     """Load the checkpoint (+ predictor), describe it as the graph it would export to, and open it."""
     from ..sampling import load_model
@@ -320,7 +320,7 @@ def _open_checkpoint(
         sigmas = sigma_range(loaded.network.net)
         own = SamplerConfig.create(solver, nfe, schedule, sigmas, afs, options=solver_options(options))
     spec = graph_spec(loaded.network, own, precision, batch, checkpoint_sha256=loaded.checkpoint_sha256)
-    return TorchExecutor.open(loaded.network, batch, dev, spec=spec, compile=compile)
+    return TorchExecutor.open(loaded.network, batch, dev, spec=spec, compile=compile, parallel=parallel)
 
 
 def _is_device_fault(e: Exception) -> bool:

@@ -41,9 +41,11 @@ class TorchExecutor(Executor):
         *,
         spec: GraphSpec,
         compile: bool = False,
+        parallel: bool = True,
     ) -> TorchExecutor:
         """`network` in the precision `spec` records (graph_spec of this network), for `batch` (default:
-        the spec's optimum); the caller's network is left as it is (DeployModule holds its own copy)."""
+        the spec's optimum; an EPD network's parallel call too unless `parallel` is False); the caller's
+        network is left as it is (DeployModule holds its own copy)."""
         device = torch.device(device)
         batch = spec.batch_opt if batch is None else batch
         module = DeployModule(network, spec.precision).to(device).eval().requires_grad_(False)
@@ -51,7 +53,7 @@ class TorchExecutor(Executor):
             module.to(memory_format=torch.channels_last)
         if compile:
             module = torch.compile(module, dynamic=False)
-        return cls(spec, device, module, allocate(spec, batch, device))
+        return cls(spec, device, module, allocate(spec, batch, device, parallel))
 
     @torch.no_grad()
     def _execute(self, batch: int) -> None:
@@ -59,9 +61,6 @@ class TorchExecutor(Executor):
         out = self.module(*inputs.values())
         for name, value in zip(self._names, out, strict=True):
             outputs[name].copy_(value)
-
-    def _drop(self, batch: int) -> None:
-        """Nothing but the buffers is held per batch."""
 
     def _release(self) -> None:
         self.module = None

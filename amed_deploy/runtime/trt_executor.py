@@ -56,10 +56,15 @@ class TRTExecutor(Executor):
 
     @classmethod
     def open(
-        cls, plan_path: str | os.PathLike, batch: int | None = None, device: torch.device | str = "cuda"
+        cls,
+        plan_path: str | os.PathLike,
+        batch: int | None = None,
+        device: torch.device | str = "cuda",
+        *,
+        parallel: bool = True,
     ) -> TRTExecutor:
         """Check the manifest (before touching TensorRT's deserialiser), load, bind buffers for `batch`
-        (default: the profile's optimum)."""
+        (default: the profile's optimum; an EPD engine's parallel call too unless `parallel` is False)."""
         device = torch.device(device)
         if device.type != "cuda" or not torch.cuda.is_available():
             raise AmedError(
@@ -71,7 +76,7 @@ class TRTExecutor(Executor):
         manifest = read_manifest(manifest_path_for(plan_path))
         spec = manifest.spec
         batch = spec.batch_opt if batch is None else batch
-        spec.call_batches(batch)  # an EPD graph's parallel call too, before anything is loaded
+        spec.call_batches(batch, parallel)  # an EPD graph's parallel call too, before anything is loaded
         trt = import_tensorrt()
         check_manifest(plan_path, manifest, trt.__version__, *gpu_identity(device))
 
@@ -85,7 +90,7 @@ class TRTExecutor(Executor):
                     "from another TensorRT version or GPU, or a corrupt file: rebuild with amed-deploy build"
                 )
             check_engine_io(spec, engine_io(trt, engine))
-            buffers = allocate(spec, batch, device)
+            buffers = allocate(spec, batch, device, parallel)
             if engine.num_optimization_profiles < len(buffers):
                 raise AmedError(
                     f"{plan_path} has {engine.num_optimization_profiles} optimization profile(s); this graph is "
@@ -104,9 +109,6 @@ class TRTExecutor(Executor):
         context = self.contexts[batch]
         if not context.execute_async_v3(stream):
             raise AmedError(f"TensorRT execution failed ({self._logger.last_errors()})")
-
-    def _drop(self, batch: int) -> None:
-        del self.contexts[batch]  # its activation memory goes with it
 
     def _release(self) -> None:
         self.contexts = {}  # before the engine they were created from
