@@ -1208,9 +1208,10 @@ def train_edm(
         xflip=ds.xflip if xflip is None else xflip,
     )
     summary = train(images, onehot, out, cfg, minutes, kimg, device, init, dataset=ds.name, compile=compile_)
+    loss = "n/a (no step)" if summary["recent_loss"] is None else f"{summary['recent_loss']:.4f}"
     click.echo(
         f"trained to {summary['nimg'] / 1000:.0f} kimg ({summary['steps']} steps, {summary['seconds'] / 60:.1f} min "
-        f"in all) on {ds.title}, recent loss {summary['recent_loss']:.4f}; wrote {out / 'edm.pt'}"
+        f"in all) on {ds.title}, recent loss {loss}; wrote {out / 'edm.pt'}"
     )
 
 

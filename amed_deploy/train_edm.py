@@ -176,7 +176,7 @@ def train(
         beta = _ema_beta(cfg, nimg)
         with torch.no_grad():
             torch._foreach_lerp_(list(ema.parameters()), list(net.parameters()), 1 - beta)
-        if steps % 50 == 0:
+        if steps % 50 == 0 or not losses:  # the first step too: a short call still reports a loss
             losses.append(loss.item())
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
         bar.update(cfg.batch)
@@ -205,7 +205,7 @@ def train(
         "nimg": nimg,
         "steps": steps,
         "seconds": seconds,
-        "recent_loss": sum(losses[-20:]) / max(len(losses[-20:]), 1),
+        "recent_loss": sum(losses[-20:]) / len(losses[-20:]) if losses else None,  # None: no step this call
     }
 
 

@@ -37,6 +37,10 @@ def test_resumed_training_equals_uninterrupted(tmp_path):
     train(images, labels, tmp_path / "b", CFG, minutes=5, total_kimg=0.016, device="cpu", progress=False)
     split = train(images, labels, tmp_path / "b", CFG, minutes=5, total_kimg=0.032, device="cpu", progress=False)
     assert whole["nimg"] == split["nimg"] == 32 and whole["steps"] == split["steps"] == 4
+    # fewer than 50 steps still report their loss; a call with nothing left to train reports none
+    assert whole["recent_loss"] > 0 and split["recent_loss"] > 0
+    done = train(images, labels, tmp_path / "a", CFG, minutes=5, total_kimg=0.032, device="cpu", progress=False)
+    assert done["steps"] == 4 and done["recent_loss"] is None
     a = load_checkpoint(tmp_path / "a" / "edm.pt").state_dict
     b = load_checkpoint(tmp_path / "b" / "edm.pt").state_dict
     assert all(torch.equal(a[k], b[k]) for k in a)
