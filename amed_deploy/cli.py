@@ -369,17 +369,18 @@ def convert(snapshot: Path, out: Path, dtype: str, force: bool) -> None:
 
 @main.command()
 def models() -> None:
-    """List the bundled model and predictors with the short names every command accepts."""
+    """List the bundled models and predictors with the short names every command accepts."""
     from amed_deploy import assets
     from amed_deploy.predictor_file import load_predictor
 
     click.echo("bundled files (use the name wherever a checkpoint or predictor path is asked for):")
     width = max(len(name) for name in assets.names()) + 1
     for name, path in assets.names().items():
+        model = assets.model_of(path)
         if not path.exists():
             what = "missing from this installation"
-        elif path == assets.MODEL:
-            what = "class-conditional EDM model, Fashion-MNIST 32x32 (10 classes)"
+        elif model is not None:
+            what = model.title
         else:
             cfg = load_predictor(path).sampler
             what = f"predictor: {cfg.solver} NFE {cfg.nfe} ({cfg.num_points} points, {cfg.schedule})"

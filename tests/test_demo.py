@@ -3,6 +3,8 @@ default model's own demo is in test_bundled_model.py)."""
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 from PIL import Image
 
@@ -33,3 +35,25 @@ def test_demo_samples_another_bundled_model(tmp_path, monkeypatch, tiny_ckpt, di
     with pytest.raises(AmedError, match="bundled demo files are missing from this installation: no.pt"):
         demo.run_demo(tmp_path / "x.png", folder=tmp_path / "cache", model="gone")
     assert not (tmp_path / "x.png").exists()
+
+
+def test_a_second_bundled_model_has_prefixed_short_names(tmp_path, monkeypatch, tiny_ckpt, distilled):
+    """A model other than the default keeps its predictors in a folder of its own, known by names with its
+    prefix (the default's keep theirs: `amed5`); `models` lists it with its title."""
+    from click.testing import CliRunner
+
+    from amed_deploy.cli import main
+
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    model = assets.bundled_model("tiny", tiny_ckpt, ("shoe", "bag", "coat"), "a tiny test model", folder, "tiny-")
+    shutil.copyfile(distilled[3], folder / "amed5.pt")  # the tiny model's AMED-Solver, NFE 5
+    monkeypatch.setitem(assets.DEMO_MODELS, "tiny", model)
+    names = assets.names()
+    assert names["tiny"] == tiny_ckpt and names["tiny-amed5"] == folder / "amed5.pt"
+    assert names["amed5"] == assets.PREDICTORS[5] and assets.resolve("tiny-epd9") == folder / "epd9.pt"
+    assert assets.model_of(tiny_ckpt) is model and not assets.missing("tiny")
+    res = CliRunner().invoke(main, ["models"])
+    assert res.exit_code == 0, res.output
+    assert "a tiny test model" in res.output and "tiny-amed5" in res.output
+    assert "predictor: amed NFE 5" in res.output.split("tiny-amed5", 1)[1].splitlines()[0]

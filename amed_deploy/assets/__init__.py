@@ -1,47 +1,77 @@
-"""Files bundled with the package: the demo model and its predictors, also reachable by short names
+"""Files bundled with the package: the demo models and their predictors, also reachable by short names
 (`fashion-mnist`, `amed5`, `amed_ipndm_uneven5`, `epd5`, ...) wherever a command takes a checkpoint or predictor.
-Each predictor file is named after the solver its record says it was distilled for."""
+Each predictor file is named after the solver its record says it was distilled for; a model other than the
+default keeps its predictors in a folder of its own, their short names prefixed with the model's."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..data import CLASS_NAMES
 
 HERE = Path(__file__).parent
-MODEL = HERE / "fashion_mnist_edm.safetensors"
 NFES = (3, 5, 7, 9)
 # the solvers with bundled predictors, one file per NFE: the AMED-Solver, the AMED-Plugin on iPNDM with
 # uneven-grid weights (named amed_ipndm before the published formula took that name), the published
 # AMED-Plugin on iPNDM and on DPM-Solver++, and the tables of the EPD-Solver and of the EPD-Plugin on iPNDM
 # (docs/RESULTS.md compares them)
 BUNDLED_SOLVERS = ("amed", "amed_ipndm_uneven", "amed_ipndm", "amed_dpmpp", "epd", "epd_ipndm")
-BUNDLED = {solver: {nfe: HERE / f"{solver}{nfe}.pt" for nfe in NFES} for solver in BUNDLED_SOLVERS}
-PREDICTORS = BUNDLED["amed"]  # the demo's
-PLUGIN_PREDICTORS = BUNDLED["amed_ipndm_uneven"]
-MODEL_NAME = "fashion-mnist"
 
 
 @dataclass(frozen=True)
 class DemoModel:
     """A bundled checkpoint as `amed-deploy demo --model NAME` samples it: one grid row per class, with the
-    AMED-Solver predictors distilled for it."""
+    AMED-Solver predictors distilled for it (`predictors`, by NFE). `bundled` holds every predictor shipped
+    for it (solver -> NFE -> file, in `folder`), known by `prefix` + the file's stem."""
 
     name: str
     file: Path
     class_names: tuple[str, ...]
     predictors: dict[int, Path]
+    title: str = ""
+    folder: Path = HERE
+    prefix: str = ""
+    bundled: dict[str, dict[int, Path]] = field(default_factory=dict)
 
 
-DEMO_MODELS = {MODEL_NAME: DemoModel(MODEL_NAME, MODEL, CLASS_NAMES, PREDICTORS)}
+def bundled_model(
+    name: str, file: Path, class_names: tuple[str, ...], title: str, folder: Path, prefix: str
+) -> DemoModel:
+    """A model with one predictor file per bundled solver and NFE, `<solver><NFE>.pt` in `folder`."""
+    files = {solver: {nfe: folder / f"{solver}{nfe}.pt" for nfe in NFES} for solver in BUNDLED_SOLVERS}
+    return DemoModel(name, file, class_names, files["amed"], title, folder, prefix, files)
+
+
+MODEL_NAME = "fashion-mnist"
+DEFAULT_MODEL = bundled_model(
+    MODEL_NAME,
+    HERE / "fashion_mnist_edm.safetensors",
+    CLASS_NAMES,
+    "class-conditional EDM model, Fashion-MNIST 32x32 (10 classes)",
+    HERE,
+    "",
+)
+DEMO_MODELS = {m.name: m for m in (DEFAULT_MODEL,)}
+# the default model's files, by the names the rest of the project uses
+MODEL = DEFAULT_MODEL.file
+BUNDLED = DEFAULT_MODEL.bundled
+PREDICTORS = BUNDLED["amed"]  # the demo's
+PLUGIN_PREDICTORS = BUNDLED["amed_ipndm_uneven"]
 
 
 def names() -> dict[str, Path]:
-    """Short name -> bundled file, model first."""
-    files = {MODEL_NAME: MODEL}
-    files.update({p.stem: p for by_nfe in BUNDLED.values() for p in by_nfe.values()})
+    """Short name -> bundled file: each model, then its predictors."""
+    files = {}
+    for model in DEMO_MODELS.values():
+        files[model.name] = model.file
+        files.update({model.prefix + p.stem: p for by_nfe in model.bundled.values() for p in by_nfe.values()})
     return files
+
+
+def model_of(path: Path) -> DemoModel | None:
+    """The bundled model whose checkpoint `path` is, if any."""
+    return next((m for m in DEMO_MODELS.values() if m.file == path), None)
 
 
 def resolve(name: str | Path) -> Path:
