@@ -35,6 +35,7 @@ from .predictor_file import PredictorBundle, save_predictor
 from .solvers import sample
 
 if TYPE_CHECKING:
+    from .assets import DemoModel
     from .runtime import Sampler
 
 PATHS = (
@@ -174,6 +175,42 @@ def flops_per_image(network: AMEDNetwork) -> float:
 def random_cifar10() -> tuple[torch.nn.Module, dict]:
     """The released CIFAR-10 DDPM++ configuration with random weights: speed does not depend on training."""
     return randomize_(build_network("EDMPrecond", dict(CIFAR10_KWARGS)), 0, 0.5).eval(), dict(CIFAR10_KWARGS)
+
+
+def bench_network_names(names: str) -> list[tuple[str, DemoModel | None]]:
+    """`bench --networks`, checked before anything is built: (row name, bundled model, or None for
+    random_cifar10) for `bundled` (the default bundled model), `bundled:NAME` (the bundled model NAME, rows
+    `bundled-NAME`) and `cifar10`."""
+    from . import assets
+
+    parsed = []
+    for name in names.split(","):
+        if name == "cifar10":
+            parsed.append((name, None))
+            continue
+        model = assets.DEFAULT_MODEL if name == "bundled" else None
+        if name.startswith("bundled:"):
+            model = assets.DEMO_MODELS.get(name.removeprefix("bundled:"))
+        if model is None:
+            choices = ", ".join(["bundled", *(f"bundled:{m}" for m in assets.DEMO_MODELS), "cifar10"])
+            raise AmedError(f"unknown bench network {name!r}: {choices}")
+        parsed.append((name.replace(":", "-"), model))
+    return parsed
+
+
+def bench_networks(names: str) -> list[tuple[str, torch.nn.Module, dict]]:
+    """(row name, network, network kwargs) for `bench --networks` (bench_network_names)."""
+    from .checkpoint.build import build_model
+    from .checkpoint.load import load_checkpoint
+
+    networks = []
+    for row, model in bench_network_names(names):
+        if model is None:
+            networks.append((row, *random_cifar10()))
+        else:
+            ckpt = load_checkpoint(model.file)
+            networks.append((row, build_model(ckpt), ckpt.network_kwargs))
+    return networks
 
 
 BENCH_SOLVERS = ("amed", "epd", "epd_ipndm")  # the learned solvers `bench` can sample

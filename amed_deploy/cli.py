@@ -1014,7 +1014,8 @@ def run(
     "--networks",
     default="bundled,cifar10",
     show_default=True,
-    help="bundled = the demo model; cifar10 = edm-cifar10-32x32-cond-vp kwargs with random weights.",
+    help="bundled = the default bundled model; bundled:NAME = the bundled model NAME (`amed-deploy models`); "
+    "cifar10 = edm-cifar10-32x32-cond-vp kwargs with random weights.",
 )
 @click.option("--nfe", "nfes", default="5,9", show_default=True)
 @click.option("--batches", default="1,16,64,256", show_default=True)
@@ -1063,10 +1064,15 @@ def bench(networks, nfes, batches, paths, repeats, out, minutes, resume, solvers
 
     import torch
 
-    from amed_deploy import assets
-    from amed_deploy.bench import BENCH_SOLVERS, PATHS, random_cifar10, render_markdown, rows_to_json, run_bench
-    from amed_deploy.checkpoint.build import build_model
-    from amed_deploy.checkpoint.load import load_checkpoint
+    from amed_deploy.bench import (
+        BENCH_SOLVERS,
+        PATHS,
+        bench_network_names,
+        bench_networks,
+        render_markdown,
+        rows_to_json,
+        run_bench,
+    )
     from amed_deploy.files import atomic_write_bytes
 
     check_suffix(out, (".md",), "--out")
@@ -1079,17 +1085,10 @@ def bench(networks, nfes, batches, paths, repeats, out, minutes, resume, solvers
     unknown = [s for s in solver_list if s not in BENCH_SOLVERS]
     if unknown:
         raise AmedError(f"unknown bench solver(s) {unknown}; choose from {', '.join(BENCH_SOLVERS)}")
+    bench_network_names(networks)
     if not torch.cuda.is_available():
         raise AmedError("bench measures GPU paths and needs a CUDA GPU")
-    models = []
-    for name in networks.split(","):
-        if name == "bundled":
-            ckpt = load_checkpoint(assets.MODEL)
-            models.append((name, build_model(ckpt), ckpt.network_kwargs))
-        elif name == "cifar10":
-            models.append((name, *random_cifar10()))
-        else:
-            raise AmedError(f"unknown bench network {name!r}: bundled or cifar10")
+    models = bench_networks(networks)
 
     previous = None
     if resume and results.exists():

@@ -101,6 +101,26 @@ def test_bench_refuses_unknown_solvers_and_paths_before_anything_else(tmp_path):
     assert res.exit_code == 2 and "unknown bench solver(s) ['ddim']; choose from amed, epd, epd_ipndm" in res.output
     res = CliRunner().invoke(main, ["bench", "--paths", "eager-fp32,fast", "--out", str(out)])
     assert res.exit_code == 2 and "unknown bench path(s) ['fast']" in res.output and not out.exists()
+    res = CliRunner().invoke(main, ["bench", "--networks", "bundled,bundled:nope", "--out", str(out)])
+    assert res.exit_code == 2 and not out.exists()
+    assert "unknown bench network 'bundled:nope': bundled, bundled:fashion-mnist, cifar10" in res.output
+
+
+def test_bench_networks_name_every_bundled_model(monkeypatch, tiny_ckpt):
+    """`bundled` is the default model, `bundled:NAME` any bundled one (rows bundled-NAME), each built from its
+    own checkpoint."""
+    from amed_deploy import assets
+    from amed_deploy.bench import bench_network_names, bench_networks
+
+    tiny = assets.DemoModel("tiny", tiny_ckpt, ("a", "b", "c"), {})
+    monkeypatch.setitem(assets.DEMO_MODELS, "tiny", tiny)
+    assert bench_network_names("bundled,bundled:tiny,cifar10") == [
+        ("bundled", assets.DEFAULT_MODEL),
+        ("bundled-tiny", tiny),
+        ("cifar10", None),
+    ]
+    [(row, net, kwargs)] = bench_networks("bundled:tiny")
+    assert row == "bundled-tiny" and net.label_dim == 3 and kwargs["img_resolution"] == 16
 
 
 def test_every_row_reports_its_speedup_over_the_user_recipe():
