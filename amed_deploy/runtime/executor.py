@@ -11,7 +11,7 @@ only the first, for a sampler that makes no parallel call). On CUDA, `run()` eva
 inputs as torch's current stream last wrote them and leaves outputs that torch's later work sees complete:
 PyTorch and TensorRT enqueue on that stream, without host synchronisation (which also makes whole-loop
 CUDA-graph capture possible); ONNX Runtime runs on a stream of its own, so its `run()` waits for torch's
-pending work before and for its own outputs after.
+pending work first (and ORT returns once its own work is done).
 """
 
 from __future__ import annotations

@@ -150,9 +150,10 @@ class OnnxExecutor(Executor):
             # pending writes to the inputs: finish them first. (Handing it torch's stream instead does not
             # work for the default stream, whose handle 0 reads as "no stream given".)
             torch.cuda.current_stream(self.device).synchronize()
+        # returns once ORT has synchronised its streams (run option disable_synchronize_execution_providers
+        # is 0 by default): the outputs are complete for torch. (IOBinding.synchronize_outputs would add a
+        # cudaDeviceSynchronize, which also waits for every other Sampler's work.)
         self.session.run_with_iobinding(binding, run_options)
-        if self.device.type == "cuda":
-            binding.synchronize_outputs()  # complete before torch reads them
 
     def _release(self) -> None:
         self.bindings, self.session = {}, None
