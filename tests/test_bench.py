@@ -112,7 +112,7 @@ def test_bench_networks_name_every_bundled_model(monkeypatch, tiny_ckpt):
     from amed_deploy import assets
     from amed_deploy.bench import bench_network_names, bench_networks
 
-    tiny = assets.DemoModel("tiny", tiny_ckpt, ("a", "b", "c"), {})
+    tiny = assets.DemoModel("tiny", tiny_ckpt, ("a", "b", "c"))
     monkeypatch.setitem(assets.DEMO_MODELS, "tiny", tiny)
     assert bench_network_names("bundled,bundled:tiny,cifar10") == [
         ("bundled", assets.DEFAULT_MODEL),

@@ -19,7 +19,7 @@ def test_demo_samples_another_bundled_model(tmp_path, monkeypatch, tiny_ckpt, di
     """A second entry of assets.DEMO_MODELS is one `model=` away: its own cached graph (6 samples of each of
     its classes in one call), its own class names, a grid of one row per class."""
     predictor = distilled[3]  # the tiny model's AMED-Solver, NFE 5; 3 classes
-    tiny = assets.DemoModel("tiny", tiny_ckpt, ("shoe", "bag", "coat"), {5: predictor})
+    tiny = assets.DemoModel("tiny", tiny_ckpt, ("shoe", "bag", "coat"), {"amed": {5: predictor}})
     monkeypatch.setitem(assets.DEMO_MODELS, "tiny", tiny)
     result = demo.run_demo(tmp_path / "grid.png", folder=tmp_path / "cache", seed=1, model="tiny")
     graph = tmp_path / "cache" / "demo-tiny-amed5.onnx"
@@ -31,7 +31,8 @@ def test_demo_samples_another_bundled_model(tmp_path, monkeypatch, tiny_ckpt, di
         assert img.height == 3 * 16 * 3  # 3 rows (classes) of 16-pixel images at scale 3
     with pytest.raises(AmedError, match="unknown demo model 'nope'; bundled: fashion-mnist, tiny"):
         demo.run_demo(tmp_path / "x.png", folder=tmp_path / "cache", model="nope")
-    monkeypatch.setitem(assets.DEMO_MODELS, "gone", assets.DemoModel("gone", tmp_path / "no.pt", (), {5: predictor}))
+    gone = assets.DemoModel("gone", tmp_path / "no.pt", (), {"amed": {5: predictor}})
+    monkeypatch.setitem(assets.DEMO_MODELS, "gone", gone)
     with pytest.raises(AmedError, match="bundled demo files are missing from this installation: no.pt"):
         demo.run_demo(tmp_path / "x.png", folder=tmp_path / "cache", model="gone")
     assert not (tmp_path / "x.png").exists()

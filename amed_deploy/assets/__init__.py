@@ -22,17 +22,21 @@ BUNDLED_SOLVERS = ("amed", "amed_ipndm_uneven", "amed_ipndm", "amed_dpmpp", "epd
 @dataclass(frozen=True)
 class DemoModel:
     """A bundled checkpoint as `amed-deploy demo --model NAME` samples it: one grid row per class, with the
-    AMED-Solver predictors distilled for it (`predictors`, by NFE). `bundled` holds every predictor shipped
-    for it (solver -> NFE -> file, in `folder`), known by `prefix` + the file's stem."""
+    AMED-Solver predictors distilled for it. `bundled` holds every predictor shipped for it (solver -> NFE
+    -> file, in `folder`), known by `prefix` + the file's stem."""
 
     name: str
     file: Path
     class_names: tuple[str, ...]
-    predictors: dict[int, Path]
+    bundled: dict[str, dict[int, Path]] = field(default_factory=dict)
     title: str = ""
     folder: Path = HERE
     prefix: str = ""
-    bundled: dict[str, dict[int, Path]] = field(default_factory=dict)
+
+    @property
+    def predictors(self) -> dict[int, Path]:
+        """The demo's: the AMED-Solver's files, by NFE."""
+        return self.bundled.get("amed", {})
 
 
 def bundled_model(
@@ -40,7 +44,7 @@ def bundled_model(
 ) -> DemoModel:
     """A model with one predictor file per bundled solver and NFE, `<solver><NFE>.pt` in `folder`."""
     files = {solver: {nfe: folder / f"{solver}{nfe}.pt" for nfe in NFES} for solver in BUNDLED_SOLVERS}
-    return DemoModel(name, file, class_names, files["amed"], title, folder, prefix, files)
+    return DemoModel(name, file, class_names, files, title, folder, prefix)
 
 
 MODEL_NAME = "fashion-mnist"
