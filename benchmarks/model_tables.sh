@@ -5,8 +5,8 @@
 #   benchmarks/model_tables.sh eval WORK CKPT DATA INCEPTION     # WORK/pred (the kept ones), WORK/table.{json,md}
 #
 # distill trains, for each NFE in NFES (default "3 5 7 9"): the AMED-Solver and the AMED-Plugins on iPNDM
-# (published and uneven-grid weights) and on DPM-Solver++, with `amed-deploy distill`'s defaults, one after
-# another; beside them, JOBS (default 4) at a time through epd_study.sh, the EPD-Solver and the EPD-Plugin
+# (published and uneven-grid weights) and on DPM-Solver++, with `amed-deploy distill`'s defaults (one lane
+# per student, its NFEs one after another); beside them, JOBS (default 4) at a time through epd_study.sh, the EPD-Solver and the EPD-Plugin
 # (iPNDM) with the recipe that won at that NFE on the bundled Fashion-MNIST model (EPD-Solver: published at
 # NFE 3, iPNDM teacher above; EPD-Plugin: published at 3 and 5, iPNDM teacher above) and both recipes at
 # NFE 5. eval measures the EPD recipes (epd_study.sh eval), keeps the lower-FID table of each student and
@@ -25,15 +25,15 @@ case $step in
 distill)
   inception=$4
   mkdir -p "$work/amed"
-  (
-    for student in $amed_students; do
+  for student in $amed_students; do
+    (
       for nfe in $nfes; do
         out="$work/amed/$student$nfe.pt"
-        [ -e "$out" ] || $cli distill --ckpt "$ckpt" --nfe "$nfe" --student "$student" --out "$out" \
-          --device cuda > "$work/amed/$student$nfe.log" 2>&1 || echo "failed: $out (log beside it)"
+        [ -e "$out" ] || OMP_NUM_THREADS=2 $cli distill --ckpt "$ckpt" --nfe "$nfe" --student "$student" \
+          --out "$out" --device cuda > "$work/amed/$student$nfe.log" 2>&1 || echo "failed: $out (log beside it)"
       done
-    done
-  ) &
+    ) &
+  done
   study() { STUDENTS=$1 NFES=$2 RECIPES=$3 JOBS=${4:-1} bash "$here/epd_study.sh" distill "$work" "$ckpt" "$inception"; }
   study "epd epd_ipndm" 5 "published ipndm" 4 &
   study "epd epd_ipndm" 3 published 2 &

@@ -103,7 +103,7 @@ def test_bench_refuses_unknown_solvers_and_paths_before_anything_else(tmp_path):
     assert res.exit_code == 2 and "unknown bench path(s) ['fast']" in res.output and not out.exists()
     res = CliRunner().invoke(main, ["bench", "--networks", "bundled,bundled:nope", "--out", str(out)])
     assert res.exit_code == 2 and not out.exists()
-    assert "unknown bench network 'bundled:nope': bundled, bundled:fashion-mnist, cifar10" in res.output
+    assert "unknown bench network 'bundled:nope': bundled, bundled:fashion-mnist, bundled:cifar10, cifar10" in res.output
 
 
 def test_bench_networks_name_every_bundled_model(monkeypatch, tiny_ckpt):

@@ -29,7 +29,7 @@ def test_demo_samples_another_bundled_model(tmp_path, monkeypatch, tiny_ckpt, di
     assert not demo._cached_graph_matches(graph, sha, file_sha256(predictor), 5, batch=60)  # not the default's
     with Image.open(tmp_path / "grid.png") as img:
         assert img.height == 3 * 16 * 3  # 3 rows (classes) of 16-pixel images at scale 3
-    with pytest.raises(AmedError, match="unknown demo model 'nope'; bundled: fashion-mnist, tiny"):
+    with pytest.raises(AmedError, match="unknown demo model 'nope'; bundled: fashion-mnist, cifar10, tiny"):
         demo.run_demo(tmp_path / "x.png", folder=tmp_path / "cache", model="nope")
     gone = assets.DemoModel("gone", tmp_path / "no.pt", (), {"amed": {5: predictor}})
     monkeypatch.setitem(assets.DEMO_MODELS, "gone", gone)

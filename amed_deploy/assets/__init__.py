@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import cifar10
 from ..data import CLASS_NAMES
 
 HERE = Path(__file__).parent
@@ -40,10 +41,18 @@ class DemoModel:
 
 
 def bundled_model(
-    name: str, file: Path, class_names: tuple[str, ...], title: str, folder: Path, prefix: str
+    name: str,
+    file: Path,
+    class_names: tuple[str, ...],
+    title: str,
+    folder: Path,
+    prefix: str,
+    shipped: dict[str, tuple[int, ...]] | None = None,
 ) -> DemoModel:
-    """A model with one predictor file per bundled solver and NFE, `<solver><NFE>.pt` in `folder`."""
-    files = {solver: {nfe: folder / f"{solver}{nfe}.pt" for nfe in NFES} for solver in BUNDLED_SOLVERS}
+    """A model with one predictor file `<solver><NFE>.pt` in `folder` per solver and NFE it ships (`shipped`;
+    default: every bundled solver at every NFE)."""
+    shipped = {solver: NFES for solver in BUNDLED_SOLVERS} if shipped is None else shipped
+    files = {solver: {nfe: folder / f"{solver}{nfe}.pt" for nfe in nfes} for solver, nfes in shipped.items()}
     return DemoModel(name, file, class_names, files, title, folder, prefix)
 
 
@@ -56,7 +65,17 @@ DEFAULT_MODEL = bundled_model(
     HERE,
     "",
 )
-DEMO_MODELS = {m.name: m for m in (DEFAULT_MODEL,)}
+CIFAR10_MODEL = bundled_model(
+    "cifar10",
+    HERE / "cifar10" / "cifar10_edm.safetensors",
+    cifar10.CLASS_NAMES,
+    "class-conditional EDM model, CIFAR-10 32x32 RGB (10 classes)",
+    HERE / "cifar10",
+    "cifar10-",
+    # the published solvers of docs/RESULTS.md's CIFAR-10 table (the EPD tables at NFE 7 and 9 are not distilled yet)
+    {"amed": NFES, "amed_ipndm": NFES, "epd": (3, 5), "epd_ipndm": (3, 5)},
+)
+DEMO_MODELS = {m.name: m for m in (DEFAULT_MODEL, CIFAR10_MODEL)}
 # the default model's files, by the names the rest of the project uses
 MODEL = DEFAULT_MODEL.file
 BUNDLED = DEFAULT_MODEL.bundled
