@@ -198,13 +198,13 @@ def bench_network_names(names: str) -> list[tuple[str, DemoModel | None]]:
     return parsed
 
 
-def bench_networks(names: str) -> list[tuple[str, torch.nn.Module, dict]]:
-    """(row name, network, network kwargs) for `bench --networks` (bench_network_names)."""
+def bench_networks(parsed: list[tuple[str, DemoModel | None]]) -> list[tuple[str, torch.nn.Module, dict]]:
+    """(row name, network, network kwargs) for the networks bench_network_names checked."""
     from .checkpoint.build import build_model
     from .checkpoint.load import load_checkpoint
 
     networks = []
-    for row, model in bench_network_names(names):
+    for row, model in parsed:
         if model is None:
             networks.append((row, *random_cifar10()))
         else:

@@ -1085,10 +1085,10 @@ def bench(networks, nfes, batches, paths, repeats, out, minutes, resume, solvers
     unknown = [s for s in solver_list if s not in BENCH_SOLVERS]
     if unknown:
         raise AmedError(f"unknown bench solver(s) {unknown}; choose from {', '.join(BENCH_SOLVERS)}")
-    bench_network_names(networks)
+    parsed_networks = bench_network_names(networks)
     if not torch.cuda.is_available():
         raise AmedError("bench measures GPU paths and needs a CUDA GPU")
-    models = bench_networks(networks)
+    models = bench_networks(parsed_networks)
 
     previous = None
     if resume and results.exists():

@@ -18,7 +18,6 @@ from .files import file_sha256
 from .images import grid, save_image
 
 COLUMNS = 6
-DEFAULT = assets.DEMO_MODELS[assets.MODEL_NAME]
 PROJECT_ENGINES = Path(__file__).resolve().parent.parent / "engines"
 
 
@@ -55,7 +54,7 @@ def _cached_graph_matches(path: Path, model_sha: str, predictor_sha: str, nfe: i
     )
 
 
-def demo_graph(folder: Path | None = None, nfe: int = 5, model: DemoModel = DEFAULT) -> Path:
+def demo_graph(folder: Path | None = None, nfe: int = 5, model: DemoModel = assets.DEFAULT_MODEL) -> Path:
     """Export a bundled model + predictor (batch one row per class), reusing a matching export."""
     from exporters.onnx_export import export_onnx
 

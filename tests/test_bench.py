@@ -103,7 +103,9 @@ def test_bench_refuses_unknown_solvers_and_paths_before_anything_else(tmp_path):
     assert res.exit_code == 2 and "unknown bench path(s) ['fast']" in res.output and not out.exists()
     res = CliRunner().invoke(main, ["bench", "--networks", "bundled,bundled:nope", "--out", str(out)])
     assert res.exit_code == 2 and not out.exists()
-    assert "unknown bench network 'bundled:nope': bundled, bundled:fashion-mnist, bundled:cifar10, cifar10" in res.output
+    assert (
+        "unknown bench network 'bundled:nope': bundled, bundled:fashion-mnist, bundled:cifar10, cifar10" in res.output
+    )
 
 
 def test_bench_networks_name_every_bundled_model(monkeypatch, tiny_ckpt):
@@ -119,7 +121,7 @@ def test_bench_networks_name_every_bundled_model(monkeypatch, tiny_ckpt):
         ("bundled-tiny", tiny),
         ("cifar10", None),
     ]
-    [(row, net, kwargs)] = bench_networks("bundled:tiny")
+    [(row, net, kwargs)] = bench_networks(bench_network_names("bundled:tiny"))
     assert row == "bundled-tiny" and net.label_dim == 3 and kwargs["img_resolution"] == 16
 
 

@@ -12,6 +12,7 @@ from amed_deploy import assets, cifar10
 from amed_deploy.checkpoint.format import model_sha256
 from amed_deploy.checkpoint.load import load_checkpoint
 from amed_deploy.cli import main
+from amed_deploy.evaluation.table import baseline_afs
 from amed_deploy.predictor_file import load_predictor
 from amed_deploy.sampling import baseline_sampler, load_model, reference_sample
 
@@ -20,9 +21,8 @@ pytestmark = pytest.mark.skipif(
     bool(assets.missing("cifar10")), reason="bundled CIFAR-10 files are not in this checkout"
 )
 
-# the training-free solvers of docs/RESULTS.md's tables -> AFS, as there: off, except for the 2-evaluation
-# solvers, which need it at an odd NFE
-TRAINING_FREE = {"euler": False, "ipndm": False, "dpmpp3m": False, "heun": True, "dpm2": True}
+# the training-free solvers of docs/RESULTS.md's tables (each with AFS as there: baseline_afs)
+TRAINING_FREE = ("euler", "heun", "dpm2", "ipndm", "dpmpp3m")
 
 
 def test_cifar10_bundle_is_small_rgb_and_its_predictors_are_bound_to_it():
@@ -72,8 +72,10 @@ def test_a_learned_solver_beats_every_training_free_one(nfe, bare, accurate):
     same NFE, by a margin."""
     net = bare.network.net
     free = {
-        solver: _rmse(_sample(bare.network, baseline_sampler(net, solver, nfe, afs=afs)), accurate)
-        for solver, afs in TRAINING_FREE.items()
+        solver: _rmse(
+            _sample(bare.network, baseline_sampler(net, solver, nfe, afs=baseline_afs(solver, nfe))), accurate
+        )
+        for solver in TRAINING_FREE
     }
     best_free = min(free.values())
     for solver in ("epd", "epd_ipndm"):
