@@ -49,7 +49,7 @@ eval)
       $cli eval --ckpt "$ckpt" --data "$4" --inception "$5" --solvers $student --nfe "$nfes" \
         --predictor-dir "$work/$recipe" --predictors "$student{nfe}.pt" \
         --num 10000 --batch 1000 --fd-method eigh --device cuda --stats-cache "$work/train-stats.npz" \
-        --out "$work/$recipe-$student.json" --markdown "$work/$recipe-$student.md" --resume
+        --out "$work/$recipe-$student.json" --markdown "$work/$recipe-$student.md" --resume --force  # --force: its own .md of the last run
     done
   done
   ;;

@@ -68,7 +68,7 @@ EOF
     --solvers euler,heun,dpm2,ipndm,dpmpp3m,dpmpp3m_exact,amed,amed_ipndm,amed_ipndm_uneven,amed_dpmpp,epd,epd_ipndm \
     --nfe "$(echo $nfes | tr ' ' ,)" --predictor-dir "$work/pred" \
     --num 10000 --batch 1000 --fd-method eigh --device cuda --stats-cache "$work/train-stats.npz" \
-    --out "$work/table.json" --markdown "$work/table.md" --resume
+    --out "$work/table.json" --markdown "$work/table.md" --resume --force  # --force: its own .md of the last run
   ;;
 *)
   echo "usage: $0 distill WORK CKPT INCEPTION | eval WORK CKPT DATA INCEPTION" >&2

@@ -12,7 +12,7 @@
 set -euo pipefail
 step=$1
 work=$2
-cli="python3 -m amed_deploy.cli"
+cli=${CLI:-"python3 -m amed_deploy.cli"}
 mkdir -p "$work/pred"
 case $step in
 distill)
@@ -30,7 +30,7 @@ eval)
     --nfe 3,5,7,9 --predictor-dir "$work/pred" \
     --predictors "amed{nfe}.pt,amed_dpm2{nfe}.pt,amed_ipndm{nfe}.pt,amed_ipndm_uneven{nfe}.pt,amed_dpmpp{nfe}.pt" \
     --num 10000 --batch 1000 --fd-method eigh --device cuda \
-    --stats-cache "$work/train-stats.npz" --out "$work/variants.json" --markdown "$work/variants.md" --force
+    --stats-cache "$work/train-stats.npz" --out "$work/variants.json" --markdown "$work/variants.md" --resume --force  # --force: its own .md of the last run
   ;;
 *)
   echo "usage: $0 distill WORK | eval WORK DATA INCEPTION" >&2

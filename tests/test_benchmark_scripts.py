@@ -1,7 +1,8 @@
 """benchmarks/model_tables.sh's bookkeeping, on the CPU: which distillations it starts with which recipe,
 that a second call resumes instead of repeating them, and which EPD table it keeps for the final quality
-table. The CLI is replaced (the script's CLI variable) by a recorder that writes what each command would,
-so no GPU and no training is needed; the commands' own behaviour is tested elsewhere."""
+table; and that every study script's eval step can run again once it has finished. The CLI is replaced
+(the script's CLI variable) by a recorder that writes what each command would, so no GPU and no training
+is needed; the commands' own behaviour is tested elsewhere."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "model_tables.sh"
 
-# writes each distill's --out and each eval's --out (one cell per NFE, FID from FIDS by recipe folder),
-# and logs every call as one JSON line
+# writes each distill's --out and each eval's --out (one cell per NFE, FID from FIDS by recipe folder) and
+# --markdown, refusing an existing --markdown without --force as the real CLI does; logs every call as one
+# JSON line
 RECORDER = r"""
 import json, os, sys
 from pathlib import Path
@@ -37,16 +39,20 @@ elif args[0] == "eval":
         for s in opt("--solvers").split(",") for n in opt("--nfe").split(",")
     ]
     Path(opt("--out")).write_text(json.dumps({"cells": cells}))
+    if opt("--markdown"):
+        if Path(opt("--markdown")).exists() and "--force" not in args:
+            sys.exit(f"error: {opt('--markdown')} already exists; pass --force to replace it")
+        Path(opt("--markdown")).write_text("table")
 """
 
 
-def _run(tmp_path: Path, *args: str, fids: dict[str, float] | None = None) -> list[list[str]]:
+def _run(tmp_path: Path, *args: str, fids: dict[str, float] | None = None, script: Path = SCRIPT) -> list[list[str]]:
     calls = tmp_path / "calls.jsonl"
     calls.unlink(missing_ok=True)
     (tmp_path / "recorder.py").write_text(RECORDER)
     env = {**os.environ, "CLI": f"{sys.executable} {tmp_path / 'recorder.py'}", "CALLS": str(calls)}
     env["FIDS"] = json.dumps(fids or {})
-    done = subprocess.run(["bash", str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(["bash", str(script), *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     return [json.loads(line) for line in calls.read_text().splitlines()] if calls.exists() else []
 
@@ -116,3 +122,23 @@ def test_eval_keeps_the_lower_fid_recipe_of_each_table_and_measures_everything_o
     assert _opt(final, "--solvers").split(",")[:4] == ["euler", "heun", "dpm2", "ipndm"]
     assert {"amed", "epd", "epd_ipndm"} <= set(_opt(final, "--solvers").split(","))
     assert _opt(final, "--num") == "10000" and "--resume" in final and _opt(final, "--data") == "data.zip"
+
+
+@pytest.mark.parametrize("name", ["model_tables.sh", "epd_study.sh", "solver_variants.sh"])
+def test_eval_runs_again_after_it_has_finished(tmp_path, name):
+    """A finished eval step run again (to add tables distilled since) resumes its JSON and rewrites its own
+    table instead of stopping at the .md the first run wrote."""
+    work = tmp_path / "work"
+    for folder in ("amed", "published", "ipndm", "pred"):
+        (work / folder).mkdir(parents=True)
+    (work / "ipndm" / "epd7.pt").write_text("ipndm/epd7")
+    (work / "amed" / "amed7.pt").write_text("amed/amed7")
+    args = (
+        ["eval", str(work), "data.zip", "inception.pt"]
+        if name == "solver_variants.sh"
+        else ["eval", str(work), "ckpt.safetensors", "data.zip", "inception.pt"]
+    )
+    script = ROOT / "benchmarks" / name
+    first = _run(tmp_path, *args, script=script)
+    assert first and all("--resume" in c for c in first)
+    assert _run(tmp_path, *args, script=script) == first  # the same calls again, none refused
