@@ -29,7 +29,7 @@ from .epd_table import EPDTable
 from .errors import AmedError, first_line
 from .files import file_sha256
 from .networks import CIFAR10_KWARGS, build_network, image_shape, randomize_
-from .noise import make_inputs, start_state
+from .noise import make_inputs, seed_range, start_state
 from .predictor import AMEDPredictor
 from .predictor_file import PredictorBundle, save_predictor
 from .solvers import sample
@@ -245,7 +245,7 @@ def prepare_model(name: str, net: torch.nn.Module, kwargs: dict, sampler: Sample
 
 def network_args(network: AMEDNetwork, batch: int) -> tuple:
     """Inputs of one network call of `batch` samples on the GPU (its time does not depend on the values)."""
-    noise, labels = make_inputs(0, batch, image_shape(network.net), network.label_dim)
+    noise, labels = make_inputs(seed_range(0, batch), image_shape(network.net), network.label_dim)
     sigma, sigma_next = torch.full((batch,), 80.0, device="cuda"), torch.full((batch,), 6.0, device="cuda")
     return noise.cuda() * 80, sigma, sigma_next, None if labels is None else labels.cuda()
 
@@ -253,7 +253,7 @@ def network_args(network: AMEDNetwork, batch: int) -> tuple:
 def loop_calls(network: AMEDNetwork, sampler: SamplerConfig) -> list[int]:
     """Points per sample of each network call of one sampling loop, in order (1, or K for an EPD parallel
     call), as the shared solver loop makes them (run once, eagerly, for one sample)."""
-    noise, labels = make_inputs(0, 1, image_shape(network.net), network.label_dim)
+    noise, labels = make_inputs([0], image_shape(network.net), network.label_dim)
     x0, labels = start_state(noise, labels, sampler.t_steps[0], next(network.parameters()).device)
     with torch.no_grad():
         _, state = sample(TorchModel(network, labels), x0, sampler.t_steps, sampler.solver_config)
@@ -276,7 +276,7 @@ def eager_baseline(
     shape = image_shape(model.network.net)
 
     def run() -> torch.Tensor:
-        noise, labels = make_inputs(0, batch, shape, model.network.label_dim)
+        noise, labels = make_inputs(seed_range(0, batch), shape, model.network.label_dim)
         x0, labels = start_state(noise, labels, sampler.t_steps[0], "cuda")
         with torch.no_grad():
             x, _ = sample(TorchModel(model.network, labels), x0, sampler.t_steps, sampler.solver_config)
@@ -449,7 +449,9 @@ def run_bench(
                             e2e, call_at = partial(smp.sample, seed=0), partial(executor_call, smp)
                         net_call = cycling_network(call_at, calls, batch)
                         row.net_ms, row.e2e_ms = paired_times_ms(net_call, e2e, nfe, repeats)
-                        row.inputs_ms = host_time_ms(partial(make_inputs, 0, batch, shape, label_dim), repeats)
+                        row.inputs_ms = host_time_ms(
+                            partial(make_inputs, seed_range(0, batch), shape, label_dim), repeats
+                        )
                     except Exception as e:  # a path that cannot run here is a finding, not a crash
                         row.note = f"{type(e).__name__}: {first_line(e, 160)}"
                         _record(row, rows, facts, progress, save)

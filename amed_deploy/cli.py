@@ -542,7 +542,7 @@ def info(path: Path, as_json: bool) -> None:
 @click.option(
     "--lr-final", default=None, type=NON_NEGATIVE, help="Cosine-anneal the rate to this value [by student; AMED: none]."
 )
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**40))
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the training noise.")
 @click.option("--tap", default=None, help="U-Net feature for g_phi [default: last 8x8 encoder block; not EPD].")
 @click.option(
     "--inception",
@@ -643,7 +643,8 @@ def distill(
 @click.option("--afs", is_flag=True, help="Analytical first step for --solver.")
 @_solver_options
 @click.option("--batch", default=16, show_default=True, type=BATCH)
-@click.option("--seed", default=0, show_default=True, type=SEED)
+@click.option("--seed", default=0, show_default=True, type=SEED, help="Image i uses seed SEED+i.")
+@click.option("--seeds", "seed_list", default=None, help="One seed per image instead (their count is the batch).")
 @click.option("--class", "classes", default=None, help="Class label(s): K or K1,K2,... [default: random].")
 @click.option(
     "--out", default=Path("grid.png"), show_default=True, type=click.Path(dir_okay=False, path_type=Path),
@@ -655,11 +656,12 @@ def distill(
 @_device_option
 @click.pass_context
 def sample(
-    ctx, ckpt, predictor, solver, nfe, schedule, afs, batch, seed, classes, out, npz, force, mismatch, device,
-    **solver_options,
+    ctx, ckpt, predictor, solver, nfe, schedule, afs, batch, seed, seed_list, classes, out, npz, force, mismatch,
+    device, **solver_options,
 ) -> None:  # fmt: skip
     """Sample with the PyTorch reference path (AMED with --predictor, or any solver by name)."""
     from amed_deploy.config import refuse_other_formula
+    from amed_deploy.noise import parse_seeds, seed_range
     from amed_deploy.sampling import baseline_sampler, load_model, reference_sample
     from amed_deploy.solvers import SolverConfig, get_solver
 
@@ -678,6 +680,9 @@ def sample(
         )
     if mismatch and predictor is None:
         raise AmedError("--ignore-checkpoint-mismatch applies to --predictor")
+    if seed_list is not None and (_given(ctx, "seed") or _given(ctx, "batch")):
+        raise AmedError("--seeds names the images: pass it without --seed and --batch")
+    seeds = seed_range(seed, batch) if seed_list is None else parse_seeds(seed_list)
     _image_out(out, npz)
     plan_outputs({"--out": out, "--npz": npz}, [ckpt, predictor], force)
     loaded = load_model(ckpt, predictor, allow_mismatch=mismatch)
@@ -698,9 +703,12 @@ def sample(
             raise AmedError("--nfe is needed with --solver")
         cfg = baseline_sampler(loaded.network.net, solver, nfe, schedule, afs, options)
     loaded.network.to(device)
-    images, labels = reference_sample(loaded.network, cfg, seed, batch, _parse_classes(classes), device)
+    images, labels = reference_sample(
+        loaded.network, cfg, seed, batch, _parse_classes(classes), device, seeds=seeds
+    )  # fmt: skip
+    which = f"seeds {seed_list}" if seed_list is not None else f"seeds {seed}-{seeds[-1]}"
     click.echo(
-        f"{cfg.solver}, NFE {cfg.nfe}, {cfg.num_points} time points ({cfg.schedule}), batch {batch}, seed {seed}"
+        f"{cfg.solver}, NFE {cfg.nfe}, {cfg.num_points} time points ({cfg.schedule}), batch {len(seeds)}, {which}"
     )
     _write_images(images, labels, out, npz, force)
 
@@ -946,6 +954,7 @@ def check(ctx, onnx_path, ckpt, predictor, engine, batch, seed, json_out, force,
 
 
 @main.command()
+@click.pass_context
 @click.option(
     "--engine",
     required=True,
@@ -954,8 +963,11 @@ def check(ctx, onnx_path, ckpt, predictor, engine, batch, seed, json_out, force,
     help=".plan, .onnx, or a checkpoint (or the bundled fashion-mnist).",
 )
 @_predictor_option("With a checkpoint: the predictor (or a bundled name such as amed5).")
-@click.option("--batch", type=BATCH, default=None, help="Batch size [default: the graph's optimum].")
-@click.option("--seed", default=0, show_default=True, type=SEED)
+@click.option(
+    "--batch", type=BATCH, default=None, help="Batch size [default: the graph's optimum; --seeds: their count]."
+)
+@click.option("--seed", default=0, show_default=True, type=SEED, help="Image i of the batch uses seed SEED+i.")
+@click.option("--seeds", "seed_list", default=None, help="One seed per image instead: N-M or N,M,... (e.g. 0-15).")
 @click.option("--class", "classes", default=None, help="Class label(s): K or K1,K2,... [default: random].")
 @click.option(
     "--solver",
@@ -975,15 +987,25 @@ def check(ctx, onnx_path, ckpt, predictor, engine, batch, seed, json_out, force,
 @_mismatch_option
 @_device_option
 def run(
-    engine, predictor, batch, seed, classes, solver, nfe, out, npz, cuda_graph, force, mismatch, device,
-    **solver_options,
+    ctx, engine, predictor, batch, seed, seed_list, classes, solver, nfe, out, npz, cuda_graph, force, mismatch,
+    device, **solver_options,
 ) -> None:  # fmt: skip
-    """Run the deployed AMED sampler loop for its fixed NFE and write images."""
+    """Run the deployed AMED sampler loop for its fixed NFE and write images (one call; for many images,
+    `generate`). Image i uses seed SEED+i, or the i-th of --seeds: the same image whatever the batch."""
     import time
 
     from amed_deploy.manifest import manifest_path_for
+    from amed_deploy.noise import parse_seeds
     from amed_deploy.runtime import Sampler
 
+    seeds = None
+    if seed_list is not None:
+        if _given(ctx, "seed"):
+            raise AmedError("pass --seed or --seeds, not both")
+        seeds = parse_seeds(seed_list)
+        if batch is not None and len(seeds) > batch:
+            raise AmedError(f"--seeds names {len(seeds)} images for a batch of {batch}: use generate for more")
+        batch = batch or len(seeds)
     _image_out(out, npz)
     inputs = [engine, predictor, manifest_path_for(engine) if engine.suffix.lower() == ".plan" else None]
     plan_outputs({"--out": out, "--npz": npz}, inputs, force)
@@ -999,17 +1021,120 @@ def run(
         ignore_checkpoint_mismatch=mismatch,
     )
     start = time.perf_counter()
-    result = smp.sample(seed=seed, classes=_parse_classes(classes))
+    if seeds is None:
+        result = smp.sample(seed=seed, classes=_parse_classes(classes))
+    else:
+        result = smp.sample(seeds=seeds, classes=_parse_classes(classes))
     elapsed = time.perf_counter() - start
     cfg = smp.config
+    which = f"seeds {seed_list}" if seeds is not None else f"seeds {seed}-{seed + smp.batch - 1}"
     click.echo(
         f"{engine}: {cfg.solver} NFE {cfg.nfe} on {smp.device} ({type(smp.executor).__name__}), "
-        f"batch {smp.batch}, seed {seed}: {elapsed * 1000:.0f} ms"
+        f"batch {smp.batch}, {which}: {elapsed * 1000:.0f} ms"
     )
     _write_images(result.images, result.labels, out, npz, force)
 
 
 @main.command()
+@click.option(
+    "--engine",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    callback=_bundled,
+    help=".plan, .onnx, or a checkpoint (or the bundled fashion-mnist).",
+)
+@_predictor_option("With a checkpoint: the predictor (or a bundled name such as amed5).")
+@click.option("--seeds", required=True, help="One image per seed: N-M or N,M,... (e.g. 0-49999).")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder of the images.")
+@click.option(
+    "--format",
+    "fmt",
+    default="png",
+    show_default=True,
+    type=click.Choice(["png", "npz"]),
+    help="png: OUT/000000/000123.png per seed (EDM's layout); npz: shards of one call each "
+    "(images uint8 [N,H,W,C], seeds, labels).",
+)
+@click.option(
+    "--batch", type=BATCH, default=None, help="Images per call [default: the graph's optimum; 64 for a checkpoint]."
+)
+@click.option(
+    "--class",
+    "class_label",
+    type=click.IntRange(min=0),
+    default=None,
+    help="One class for every image [default: random, per seed].",
+)
+@click.option(
+    "--solver", default=None, help="Training-free solver for a plain denoiser graph, or the graph's own as a check."
+)
+@click.option("--nfe", type=_nfe_type(), default=None, help="NFE (checked against a learned graph's own).")
+@_solver_options
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16", "bf16"]),
+    default=None,
+    help="A checkpoint's precision on the PyTorch executor [default: fp32] (a graph has its own).",
+)
+@click.option("--cuda-graph", is_flag=True, help="Replay the whole NFE loop as one CUDA graph (GPU).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@_mismatch_option
+@_device_option
+def generate(
+    engine, predictor, seeds, out, fmt, batch, class_label, solver, nfe, precision, cuda_graph, no_progress, mismatch,
+    device, **solver_options,
+) -> None:  # fmt: skip
+    """Write one image per seed into a folder, resumably (images already written are skipped); under
+    `torchrun --nproc-per-node N`, N processes share the seeds (each on its own GPU; gloo on CPUs).
+
+    Image s is the same whatever the batch or the number of processes. A folder keeps a record of the
+    run that made it (generate.json): resuming with another engine or setting is refused."""
+    from amed_deploy import generate as gen
+    from amed_deploy.files import file_sha256
+    from amed_deploy.noise import parse_seeds
+    from amed_deploy.runtime import Sampler
+    from amed_deploy.runtime.options import TORCH, backend_of
+
+    seed_list = parse_seeds(seeds)
+    if out.exists() and not out.is_dir():
+        raise AmedError(f"--out {out} is a file: give a folder")
+    if backend_of(engine) is TORCH and batch is None:
+        batch = 64
+    ranks = gen.Ranks.from_env()
+    dev = ranks.device(device)
+    gen.start_group(ranks, dev)
+    try:
+        smp = Sampler.load(
+            engine, batch=batch, device=dev, predictor=predictor, solver=solver, nfe=nfe,
+            solver_options=solver_options_given(solver_options) or None, precision=precision,
+            cuda_graph=cuda_graph, ignore_checkpoint_mismatch=mismatch,
+        )  # fmt: skip
+        record = {
+            "engine_sha256": file_sha256(engine),
+            "predictor_sha256": None if predictor is None else file_sha256(predictor),
+            "sampler": smp.config.to_dict(),
+            "precision": smp.spec.precision,
+            "class": class_label,
+            "format": fmt,
+        }
+        gen.check_record(out, record, write=ranks.rank == 0)
+        made, skipped, seconds = gen.generate(
+            smp, ranks.share(seed_list), out, fmt, class_label, progress=ranks.rank == 0 and not no_progress
+        )
+        made, skipped, seconds = gen.totals(ranks, dev, made, skipped, seconds)
+    finally:
+        gen.end_group(ranks)
+    if ranks.rank == 0:
+        rate = f": {made / seconds:.1f} images/s" if made and seconds > 0 else ""
+        where = f"{ranks.world} processes" if ranks.world > 1 else str(dev)
+        click.echo(
+            f"generated {made} images into {out} ({skipped} already there) in {seconds:.1f} s on {where}"
+            f"{rate} ({smp.config.solver} NFE {smp.config.nfe}, batch {smp.batch})"
+        )
+
+
+@main.command()
+@click.pass_context
 @click.option(
     "--networks",
     default="bundled,cifar10",
@@ -1052,8 +1177,20 @@ def run(
     "(an untrained predictor: speed does not depend on training); EPD rows are named <network>-epd, at "
     "the same parallel NFE.",
 )
+@click.option(
+    "--serve",
+    is_flag=True,
+    help="Measure serving instead: single-image requests from --clients threads, one torch-fp16-graph call "
+    "per request against a RequestBatcher over a Sampler of each --batches size (same run).",
+)
+@click.option("--clients", default=64, show_default=True, type=BATCH, help="--serve: client threads.")
+@click.option("--requests", default=2048, show_default=True, type=BATCH, help="--serve: requests per row.")
+@click.option("--max-wait-ms", default=2.0, show_default=True, type=NON_NEGATIVE, help="--serve: batcher wait.")
 @_force_option
-def bench(networks, nfes, batches, paths, repeats, out, minutes, resume, solvers, force) -> None:
+def bench(
+    ctx, networks, nfes, batches, paths, repeats, out, minutes, resume, solvers, serve, clients, requests,
+    max_wait_ms, force,
+) -> None:  # fmt: skip
     """Benchmark the deployed sampler on the GPU against the eager fp32 PyTorch loop (same run).
 
     Reports network-alone and end-to-end latency, images/s, speedup, loop overhead, the fraction of
@@ -1076,6 +1213,11 @@ def bench(networks, nfes, batches, paths, repeats, out, minutes, resume, solvers
     from amed_deploy.files import atomic_write_bytes
 
     check_suffix(out, (".md",), "--out")
+    latency_only = ("paths", "repeats", "minutes", "resume", "solvers")
+    serve_only = ("clients", "requests", "max_wait_ms")
+    for name in latency_only if serve else serve_only:
+        if _given(ctx, name):
+            raise AmedError(f"--{name.replace('_', '-')} does not apply {'with' if serve else 'without'} --serve")
     results = Path(f"{out}.json")
     plan_outputs({"--out": out, "results": results}, [], force or resume)
     unknown = [p for p in paths.split(",") if p not in PATHS]
@@ -1089,6 +1231,9 @@ def bench(networks, nfes, batches, paths, repeats, out, minutes, resume, solvers
     if not torch.cuda.is_available():
         raise AmedError("bench measures GPU paths and needs a CUDA GPU")
     models = bench_networks(parsed_networks)
+    if serve:
+        _bench_serving(models, nfes, batches, clients, requests, max_wait_ms, out, results)
+        return
 
     previous = None
     if resume and results.exists():
@@ -1124,6 +1269,34 @@ def bench(networks, nfes, batches, paths, repeats, out, minutes, resume, solvers
     click.echo(render_markdown(rows, facts))
     if not facts.get("complete", True):
         click.echo("incomplete: run again with --resume to measure the remaining cells")
+
+
+def _bench_serving(models, nfes: str, batches: str, clients, requests, max_wait_ms, out: Path, results: Path) -> None:
+    import json
+    import tempfile
+
+    import torch
+
+    from amed_deploy.bench import bench_sampler, open_path, prepare_model
+    from amed_deploy.files import atomic_write_bytes
+    from amed_deploy.serving_bench import render_serving, serve_rows, serving_json
+
+    path = "torch-fp16-graph"
+    facts = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "path": path, "max_wait_ms": max_wait_ms}
+    folder, rows = Path(tempfile.mkdtemp(prefix="amed-serve-")), []
+    for name, net, kwargs in models:
+        for nfe in (int(n) for n in nfes.split(",")):
+            model = prepare_model(f"{name}-nfe{nfe}", net, kwargs, bench_sampler(nfe), folder)
+            one = open_path(model, path, 1, folder)
+            for batch in (int(b) for b in batches.split(",") if int(b) > 1):
+                rows += serve_rows(
+                    name, nfe, one, open_path(model, path, batch, folder), clients, requests, max_wait_ms
+                )
+                click.echo(f"{name} NFE {nfe} batch {batch}: {rows[-1].images_per_s:.0f} img/s batched, "
+                           f"{rows[-2].images_per_s:.0f} per request")  # fmt: skip
+                atomic_write_bytes(out, render_serving(rows, facts).encode())
+                atomic_write_bytes(results, json.dumps(serving_json(rows, facts), indent=1).encode())
+    click.echo(render_serving(rows, facts))
 
 
 @main.command("train-edm")
@@ -1275,7 +1448,13 @@ def _int_list(value: str, option: str) -> list[int]:
 )
 @click.option("--num", default=10000, show_default=True, type=BATCH, help="Samples per FID.")
 @click.option("--batch", default=500, show_default=True, type=BATCH)
-@click.option("--seed", default=0, show_default=True, type=SEED, help="Batch i uses seed SEED+i; classes cycle 0..9.")
+@click.option(
+    "--seed",
+    default=0,
+    show_default=True,
+    type=SEED,
+    help="Sample i uses seed SEED+i (whatever --batch); classes cycle 0..9.",
+)
 @click.option(
     "--stats-cache", type=click.Path(dir_okay=False, path_type=Path), help="Cache of training-set statistics (.npz)."
 )

@@ -34,7 +34,7 @@ from .config import MAX_NFE, SamplerConfig, sigma_range
 from .epd_table import EPDConfig, EPDTable
 from .errors import AmedError
 from .networks import image_shape
-from .noise import as_int, make_inputs, start_state
+from .noise import as_int, make_inputs, seed_batches, seed_range, start_state
 from .predictor import AMEDPredictor, PredictorConfig
 from .predictor_file import PredictorBundle
 from .solvers import (
@@ -51,8 +51,9 @@ from .solvers import (
 if TYPE_CHECKING:
     from .fid import Inception
 
-MAX_DISTILL_SEED = 2**40  # training seeds are seed * 1_000_003 + i, which must stay below 2^64
-HELD_OUT_SEEDS = range(10**9, 10**9 + 2)  # never used in training (training seeds are seed * 1_000_003 + i)
+IMAGES_PER_SEED = 2**24  # training image k of a run with seed S has the per-image seed S * 2^24 + k
+MAX_DISTILL_SEED = 2**39 - 1  # so training seeds stay below HELD_OUT_SEED
+HELD_OUT_SEED = 2**63  # the held-out images' seeds start here: never a training image's
 TEACHER_BATCH = 512  # samples per teacher solve: the recipes' batches (16-128) leave a GPU launch-bound
 
 
@@ -126,6 +127,8 @@ class DistillConfig:
             if not ok or value < 0 or (value == 0 and not zero_ok):
                 rule = ">= 0" if zero_ok else "> 0"
                 raise AmedError(f"distill {name} must be a finite number {rule}, got {value!r}")
+        if self.batches * self.batch > IMAGES_PER_SEED:
+            raise AmedError(f"distill kimg must be at most {IMAGES_PER_SEED // 1000:,} (one seed's training images)")
         for name in ("scale_dir", "scale_time"):
             if getattr(self, name) >= 1:
                 raise AmedError(f"distill {name} must be below 1 (the scale is 1 +- {name}), got {getattr(self, name)}")
@@ -175,13 +178,18 @@ def teacher_states(
     return states
 
 
+def training_seeds(cfg: DistillConfig, i: int) -> list[int]:
+    """The per-image seeds of training batch i."""
+    return seed_range(cfg.seed * IMAGES_PER_SEED + i * cfg.batch, cfg.batch)
+
+
 def teacher_chunk(
     network: AMEDNetwork, sampler: SamplerConfig, cfg: DistillConfig, batches: range, device: torch.device
 ) -> list[tuple[Tensor | None, list[Tensor]]]:
     """(labels, teacher states) of each training batch in `batches`, from ONE teacher solve over all their
     samples: each batch keeps its own seed's noise and labels, so training sees what per-batch solves give."""
     shape = image_shape(network.net)
-    inputs = [make_inputs(cfg.seed * 1_000_003 + i, cfg.batch, shape, network.label_dim) for i in batches]
+    inputs = [make_inputs(training_seeds(cfg, i), shape, network.label_dim) for i in batches]
     x0, labels = start_state(
         torch.cat([noise for noise, _ in inputs]),
         None if network.label_dim == 0 else torch.cat([lab for _, lab in inputs]),
@@ -335,9 +343,14 @@ def _estimate(seconds_per_batch: float, batches: int, cfg: DistillConfig, device
 
 @torch.no_grad()
 def endpoint_rmse(
-    network: AMEDNetwork, solver: SolverConfig, sampler: SamplerConfig, cfg: DistillConfig, seeds: range, batch: int
+    network: AMEDNetwork,
+    solver: SolverConfig,
+    sampler: SamplerConfig,
+    cfg: DistillConfig,
+    seeds: Sequence[int],
+    batch: int,
 ) -> float:
-    """RMSE of a solver's final x against the teacher's, on noise from the given seeds (held out)."""
+    """RMSE of a solver's final x against the teacher's, on the images of the given (held-out) seeds."""
     return endpoint_rmses(network, [solver], sampler, cfg, seeds, batch)[0]
 
 
@@ -347,15 +360,15 @@ def endpoint_rmses(
     solvers: Sequence[SolverConfig],
     sampler: SamplerConfig,
     cfg: DistillConfig,
-    seeds: range,
+    seeds: Sequence[int],
     batch: int,
 ) -> list[float]:
-    """`endpoint_rmse` for several solvers, solving the teacher once per seed for all of them."""
+    """`endpoint_rmse` for several solvers, solving the teacher once per batch of seeds for all of them."""
     device = next(network.net.parameters()).device
     shape = image_shape(network.net)
     totals, count = [0.0] * len(solvers), 0
-    for seed in seeds:
-        noise, labels = make_inputs(seed, batch, shape, network.label_dim)
+    for chunk in seed_batches(seeds, batch):
+        noise, labels = make_inputs(chunk, shape, network.label_dim)
         x0, labels = start_state(noise, labels, sampler.sigma_max, device)
         target = teacher_states(network, x0, labels, sampler, cfg)[-1]
         for i, solver in enumerate(solvers):
@@ -403,7 +416,7 @@ def distill_predictor(
         solvers = [sampler.solver_config]
         if sampler.solver == "amed":
             solvers.append(SolverConfig("dpm2", sampler.afs))  # its base solver at the same NFE, for reference
-        errors = endpoint_rmses(network, solvers, sampler, cfg, HELD_OUT_SEEDS, bsz)
+        errors = endpoint_rmses(network, solvers, sampler, cfg, seed_range(HELD_OUT_SEED, 2 * bsz), bsz)
     summary = {"final_loss": losses[-1], "held_out_rmse": errors[0], "batches_trained": len(losses)}
     summary["kimg_trained"] = len(losses) * cfg.batch / 1000
     if len(errors) > 1:

@@ -19,7 +19,7 @@ from .errors import AmedError
 from .files import file_sha256
 from .memory import check_fits
 from .networks import image_shape
-from .noise import make_inputs, start_state
+from .noise import make_inputs, seed_range, start_state
 from .predictor_file import PredictorBundle, load_predictor
 from .solvers import sample
 
@@ -71,8 +71,13 @@ def reference_sample(
     batch: int,
     classes: int | Sequence[int] | None = None,
     device: torch.device | str = "cpu",
+    *,
+    seeds: Sequence[int] | None = None,
 ) -> tuple[Tensor, Tensor | None]:
-    """Images in [-1, 1] (unclamped) from seeded noise, and the one-hot labels used."""
+    """Images in [-1, 1] (unclamped) of seeds seed..seed+batch-1, or of `seeds` (one per image, any
+    batch), and the one-hot labels used."""
+    seeds = seed_range(seed, batch) if seeds is None else list(seeds)
+    batch = len(seeds)
     net = network.net
     if not sampler.solver_config.uses_predictor:
         network = AMEDNetwork(net)  # a training-free solver reads the bare network, whatever predictor it has
@@ -80,7 +85,7 @@ def reference_sample(
         raise AmedError(f"solver {sampler.solver} needs a predictor (--predictor amed5.pt)")
     spec = graph_spec(network, sampler if network.predictor is not None else None, "fp32", batch)
     check_fits(spec, batch, torch.device(device))
-    noise, labels = make_inputs(seed, batch, image_shape(net), network.label_dim, classes)
+    noise, labels = make_inputs(seeds, image_shape(net), network.label_dim, classes)
     x0, labels_dev = start_state(noise, labels, sampler.t_steps[0], device)
     x, _ = sample(TorchModel(network, labels_dev), x0, sampler.t_steps, sampler.solver_config)
     check_finite(x, "the sampler")

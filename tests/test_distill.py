@@ -11,13 +11,13 @@ from PIL import Image
 
 from amed_deploy.amed_network import AMEDNetwork
 from amed_deploy.cli import main
-from amed_deploy.distill import DistillConfig, distill, endpoint_rmse
+from amed_deploy.distill import HELD_OUT_SEED, DistillConfig, distill, endpoint_rmse
 from amed_deploy.errors import AmedError
 from amed_deploy.predictor import AMEDPredictor
 from amed_deploy.sampling import baseline_sampler, reference_sample
 from amed_deploy.solvers import SolverConfig, solver_names
 
-HELD_OUT = range(10**6, 10**6 + 3)  # training seeds are cfg.seed * 1_000_003 + i, i < 60
+HELD_OUT = range(HELD_OUT_SEED, HELD_OUT_SEED + 24)  # never a training image's seed
 
 
 def test_distillation_beats_dpm_solver_2_on_held_out_noise(distilled):

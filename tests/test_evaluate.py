@@ -83,8 +83,8 @@ def test_sample_many_seeds_and_classes(network):
     images, labels = sample_many(network, cfg, 7, 3, seed0=5)
     assert images.dtype == torch.uint8 and images.shape == (7, 1, 16, 16)
     assert labels.tolist() == [0, 1, 2, 0, 1, 2, 0]  # classes cycle over the sample index
-    # batch 1 (samples 3..5) is reference_sample with seed 6 and those classes, quantised
-    x, _ = reference_sample(network, cfg, 6, 3, [0, 1, 2])
+    # batch 1 (samples 3..5) is reference_sample from seed 5 + 3 (one seed per sample) with those classes
+    x, _ = reference_sample(network, cfg, 8, 3, [0, 1, 2])
     expect = ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
     assert torch.equal(images[3:6], expect)
 

@@ -1,8 +1,8 @@
 """The inputs every measurement draws, so FID, RMSE and PCA of a cell see the same noise and labels.
 
-Batch i of a run uses seed seed0 + i (noise drawn on the CPU by `noise.make_inputs`, so every device
-sees the same inputs) and class labels cycle 0, 1, ..., L-1 over the sample index, so every class is
-equally represented.
+Sample i of a run uses seed seed0 + i (one seed per image, drawn on the CPU by `noise.make_inputs`, so
+every device and batch size sees the same inputs) and class labels cycle 0, 1, ..., L-1 over the sample
+index, so every class is equally represented.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from torch import Tensor
 from ..amed_network import AMEDNetwork
 from ..errors import AmedError
 from ..networks import image_shape
-from ..noise import make_inputs
+from ..noise import make_inputs, seed_range
 
 
 def batch_slices(n: int, batch: int) -> list[tuple[int, int]]:
@@ -35,10 +35,11 @@ def batch_classes(label_dim: int, start: int, size: int, classes: str | int | No
 
 
 def batch_inputs(
-    network: AMEDNetwork, seed: int, start: int, size: int, classes: str | int | None, device: torch.device | str
+    network: AMEDNetwork, seed0: int, start: int, size: int, classes: str | int | None, device: torch.device | str
 ) -> tuple[Tensor, Tensor | None]:
-    """Unit noise and one-hot labels of one batch, exactly as `reference_sample` draws them."""
+    """Unit noise and one-hot labels of samples start..start+size of a run, exactly as `reference_sample`
+    draws them."""
     shape = image_shape(network.net)
     labels = batch_classes(network.label_dim, start, size, classes)
-    noise, onehot = make_inputs(seed, size, shape, network.label_dim, labels)
+    noise, onehot = make_inputs(seed_range(seed0 + start, size), shape, network.label_dim, labels)
     return noise.to(device), None if onehot is None else onehot.to(device)

@@ -71,8 +71,8 @@ def trajectory_pca(
     plain = AMEDNetwork(network.net)
     scale = [1 / math.sqrt(1 + t * t) if scaled else 1.0 for t in t_steps]
     slices = batch_slices(n_traj, batch)
-    for i, (start, size) in enumerate(tqdm(slices, desc="pca", unit="batch", disable=not progress)):
-        noise, labels = batch_inputs(network, seed + i, start, size, "uniform", device)
+    for start, size in tqdm(slices, desc="pca", unit="batch", disable=not progress):
+        noise, labels = batch_inputs(network, seed, start, size, "uniform", device)
         x0 = noise * t_steps[0]
         states = [scale[0] * x0.flatten(1).double().cpu()]
         sample(

@@ -37,14 +37,15 @@ def sample_many(
     progress: bool = False,
 ) -> tuple[Tensor, np.ndarray | None]:
     """n images as uint8 [N,C,H,W] (quantised like a saved PNG) and their class indices [N] (None when
-    unconditional). Batch i uses seed seed0 + i; `classes`: 'uniform' (cycle), 'random', or one class."""
+    unconditional). Sample i uses seed seed0 + i, whatever the batch; `classes`: 'uniform' (cycle), 'random',
+    or one class."""
     net = network.net
     images = torch.empty((n, *image_shape(net)), dtype=torch.uint8)
     labels = np.empty(n, dtype=np.int64) if network.label_dim else None
     desc = f"sample {sampler_cfg.solver} NFE {sampler_cfg.nfe}"
-    for i, (start, size) in enumerate(tqdm(batch_slices(n, batch), desc=desc, unit="batch", disable=not progress)):
+    for start, size in tqdm(batch_slices(n, batch), desc=desc, unit="batch", disable=not progress):
         cls = batch_classes(network.label_dim, start, size, classes)
-        x, onehot = reference_sample(network, sampler_cfg, seed0 + i, size, cls, device)
+        x, onehot = reference_sample(network, sampler_cfg, seed0 + start, size, cls, device)
         images[start : start + size] = from_model_space(x)
         if labels is not None:
             labels[start : start + size] = onehot.argmax(dim=1).numpy()
@@ -187,11 +188,11 @@ def rmse_to_reference(
     networks = networks or {}
     sums = dict.fromkeys(cfgs, 0.0)
     count = 0
-    for i, (start, size) in enumerate(tqdm(batch_slices(n, batch), desc="rmse", unit="batch", disable=not progress)):
-        noise, labels = batch_inputs(network, seed0 + i, start, size, "uniform", device)
+    for start, size in tqdm(batch_slices(n, batch), desc="rmse", unit="batch", disable=not progress):
+        noise, labels = batch_inputs(network, seed0, start, size, "uniform", device)
         for name, cfg in cfgs.items():
             x0 = noise * cfg.t_steps[0]
-            target = cache.get(network, x0, labels, (seed0 + i, start, size), cfg.t_steps[-1], cfg.t_steps[0])
+            target = cache.get(network, x0, labels, (seed0 + start, size), cfg.t_steps[-1], cfg.t_steps[0])
             x, _ = sample(TorchModel(networks.get(name, network), labels), x0, cfg.t_steps, cfg.solver_config)
             sums[name] += (x.double() - target.double()).square().sum().item()
         count += noise.numel()

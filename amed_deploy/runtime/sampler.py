@@ -3,7 +3,8 @@ preallocated for a fixed (batch, NFE), and the shared solver loop from `amed_dep
 
 Concurrency model: a Sampler owns one set of device buffers, so calls on one Sampler are serialised
 by a lock (safe from many threads, one at a time). For parallel sampling create several Samplers;
-they share nothing. Every call is deterministic given its seed and classes.
+they share nothing. Every image is deterministic given its seed and class: the same whatever batch,
+position in it, executor or device draws it (`noise.make_inputs`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from ..epd_table import EPDParams, EPDRow
 from ..errors import AmedError, first_line
 from ..graph import DENOISED, LABELS, SIGMA, SIGMA_NEXT, A, C, R, X
 from ..metadata import GraphSpec
-from ..noise import as_int, make_inputs
+from ..noise import as_int, class_list, make_inputs, seed_range
 from ..solvers import Evaluation, SolverConfig, canonical_solver, get_solver, sample
 from .executor import CUDA_SETUP_LOCK, Executor
 from .options import ONNX, TENSORRT, backend_of, refuse_inapplicable
@@ -39,9 +40,9 @@ REBUILD = (
 
 @dataclass
 class SampleOutput:
-    images: Tensor  # [B,C,H,W] float32 on the sampler's device, unclamped (data range ~[-1, 1])
-    labels: Tensor | None  # [B,L] one-hot, or None for unconditional models
-    seed: int
+    images: Tensor  # [N,C,H,W] float32 on the sampler's device, unclamped (data range ~[-1, 1])
+    labels: Tensor | None  # [N,L] one-hot, or None for unconditional models
+    seeds: list[int]  # image i's seed
 
 
 class ExecutorModel:
@@ -183,10 +184,32 @@ class Sampler:
         return cls(executor, config, cuda_graph=cuda_graph)
 
     def sample(
-        self, seed: int = 0, classes: int | Sequence[int] | None = None, noise: Tensor | None = None
+        self,
+        seed: int | None = None,
+        classes: int | Sequence[int] | None = None,
+        noise: Tensor | None = None,
+        *,
+        seeds: Sequence[int] | None = None,
     ) -> SampleOutput:
-        """Draw one batch. `noise` (standard normal [B,C,H,W]) overrides the seeded noise."""
-        seeded, labels = make_inputs(seed, self.batch, self.spec.image_shape, self.spec.label_dim, classes)
+        """The images of `seeds` (one seed per image, at most the batch; a shorter list is padded to the
+        batch and only its images are returned), or of the batch's seeds seed, seed+1, ... (default 0).
+        `classes`: one for every image or one per image [default: drawn from each image's seed].
+        `noise` (standard normal [B,C,H,W]) overrides the seeded noise of a whole batch."""
+        if seeds is None:
+            seeds = seed_range(0 if seed is None else seed, self.batch)
+        elif seed is not None or noise is not None:
+            raise AmedError("pass seeds, or seed (and noise), not both")
+        n = len(seeds)
+        if not 1 <= n <= self.batch:
+            raise AmedError(f"got {n} seeds for a Sampler of batch {self.batch}: pass 1..{self.batch} per call")
+        given = class_list(classes, n, self.spec.label_dim)
+        pad = self.batch - n
+        seeded, labels = make_inputs(
+            [*seeds, *[seeds[-1]] * pad],
+            self.spec.image_shape,
+            self.spec.label_dim,
+            None if given is None else [*given, *[given[-1]] * pad],
+        )
         if noise is not None:
             if tuple(noise.shape) != tuple(self._noise.shape):
                 raise AmedError(f"noise must have shape {tuple(self._noise.shape)}, got {tuple(noise.shape)}")
@@ -215,7 +238,7 @@ class Sampler:
                 "the sampler produced NaN/inf values"
                 + (" (fp16 overflow? try the fp32 graph)" if self.spec.precision == "fp16" else "")
             )
-        return SampleOutput(images, labels, seed)
+        return SampleOutput(images[:n], None if labels is None else labels[:n], list(seeds))
 
     def _set_labels(self, labels: Tensor) -> None:
         """Every call batch's labels: an EPD graph's parallel call gets each sample's K times, sample-major
