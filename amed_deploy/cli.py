@@ -1091,7 +1091,7 @@ def generate(
     run that made it (generate.json): resuming with another engine or setting is refused."""
     from amed_deploy import generate as gen
     from amed_deploy.files import file_sha256
-    from amed_deploy.noise import parse_seeds
+    from amed_deploy.noise import class_list, parse_seeds
     from amed_deploy.runtime import Sampler
     from amed_deploy.runtime.options import TORCH, backend_of
 
@@ -1099,7 +1099,7 @@ def generate(
     if out.exists() and not out.is_dir():
         raise AmedError(f"--out {out} is a file: give a folder")
     if backend_of(engine) is TORCH and batch is None:
-        batch = 64
+        batch = min(64, len(seed_list))
     ranks = gen.Ranks.from_env()
     dev = ranks.device(device)
     gen.start_group(ranks, dev)
@@ -1109,6 +1109,7 @@ def generate(
             solver_options=solver_options_given(solver_options) or None, precision=precision,
             cuda_graph=cuda_graph, ignore_checkpoint_mismatch=mismatch,
         )  # fmt: skip
+        class_list(class_label, 1, smp.spec.label_dim)  # a class the model does not have: refused before any file
         record = {
             "engine_sha256": file_sha256(engine),
             "predictor_sha256": None if predictor is None else file_sha256(predictor),

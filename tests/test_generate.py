@@ -61,6 +61,9 @@ def test_a_folder_holds_one_runs_images(tmp_path, tiny_ckpt, distilled):
     assert _generate(tiny_ckpt, pred, out, "--seeds", "0-1").exit_code == 0
     res = _generate(tiny_ckpt, pred, out, "--seeds", "0-3", "--class", "1")
     assert res.exit_code == 2 and "holds images of another run (class differ)" in res.output
+    res = _generate(tiny_ckpt, pred, tmp_path / "other", "--seeds", "0-1", "--class", "3")
+    assert res.exit_code == 2 and "class label 3 is out of range" in res.output
+    assert not (tmp_path / "other").exists()  # refused before anything was written
     (tmp_path / "file").write_text("x")
     res = _generate(tiny_ckpt, pred, tmp_path / "file", "--seeds", "0-1")
     assert res.exit_code == 2 and "is a file" in res.output
