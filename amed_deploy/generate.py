@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from .errors import AmedError
+from .errors import AmedError, first_line
 from .files import atomic_write_bytes
 from .images import save_npz, to_uint8
 from .noise import seed_batches
@@ -45,8 +45,11 @@ def done_seeds(out: Path, fmt: str, seeds: Sequence[int]) -> set[int]:
         return {s for s in seeds if png_path(out, s).is_file()}
     done: set[int] = set()
     for shard in out.glob("shard-*.npz"):
-        with np.load(shard) as arrays:
-            done.update(int(s) for s in arrays["seeds"])
+        try:
+            with np.load(shard) as arrays:
+                done.update(int(s) for s in arrays["seeds"])
+        except (OSError, ValueError, KeyError) as e:  # not one this command wrote (its writes are atomic)
+            raise AmedError(f"{shard} is not a readable shard ({first_line(e, 120)}): move it out of {out}") from None
     return done.intersection(seeds)
 
 

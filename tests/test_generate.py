@@ -84,6 +84,9 @@ def test_npz_shards_hold_the_same_images_as_pngs(tmp_path, tiny_ckpt, distilled)
         assert arrays["labels"].shape == (2,) and arrays["images"].dtype == np.uint8
     res = _generate(tiny_ckpt, pred, tmp_path / "npz", "--seeds", "0-5", "--batch", "2", "--format", "npz")
     assert "generated 1 images" in res.output and "(5 already there)" in res.output
+    (tmp_path / "npz" / "shard-000009.npz").write_bytes(b"not a zip")
+    res = _generate(tiny_ckpt, pred, tmp_path / "npz", "--seeds", "0-6", "--batch", "2", "--format", "npz")
+    assert res.exit_code == 2 and "shard-000009.npz is not a readable shard" in res.output
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="torchrun's gloo launch")
