@@ -237,18 +237,24 @@ def _device_option(f):
     )(f)
 
 
-def _ckpt_option(f):
+def _file_option(name: str, help: str, required: bool = False):
+    """A file option that also takes a bundled file's short name (`amed-deploy models`)."""
     return click.option(
-        "--ckpt",
-        required=True,
-        type=click.Path(dir_okay=False, path_type=Path),
-        callback=_bundled,
-        help="EDM checkpoint (or the bundled fashion-mnist).",
-    )(f)
+        name, required=required, type=click.Path(dir_okay=False, path_type=Path), callback=_bundled, help=help
+    )
+
+
+_ckpt_option = _file_option("--ckpt", "EDM checkpoint (or the bundled fashion-mnist).", required=True)
 
 
 def _predictor_option(help: str):
-    return click.option("--predictor", type=click.Path(dir_okay=False, path_type=Path), callback=_bundled, help=help)
+    return _file_option("--predictor", help)
+
+
+def _engine_options(f):
+    """--engine and, for a checkpoint, its --predictor: what `run` and `generate` sample from."""
+    f = _predictor_option("With a checkpoint: the predictor (or a bundled name such as amed5).")(f)
+    return _file_option("--engine", ".plan, .onnx, or a checkpoint (or the bundled fashion-mnist).", required=True)(f)
 
 
 def _force_option(f):
@@ -955,14 +961,7 @@ def check(ctx, onnx_path, ckpt, predictor, engine, batch, seed, json_out, force,
 
 @main.command()
 @click.pass_context
-@click.option(
-    "--engine",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    callback=_bundled,
-    help=".plan, .onnx, or a checkpoint (or the bundled fashion-mnist).",
-)
-@_predictor_option("With a checkpoint: the predictor (or a bundled name such as amed5).")
+@_engine_options
 @click.option(
     "--batch", type=BATCH, default=None, help="Batch size [default: the graph's optimum; --seeds: their count]."
 )
@@ -1036,14 +1035,7 @@ def run(
 
 
 @main.command()
-@click.option(
-    "--engine",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    callback=_bundled,
-    help=".plan, .onnx, or a checkpoint (or the bundled fashion-mnist).",
-)
-@_predictor_option("With a checkpoint: the predictor (or a bundled name such as amed5).")
+@_engine_options
 @click.option("--seeds", required=True, help="One image per seed: N-M or N,M,... (e.g. 0-49999).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder of the images.")
 @click.option(
