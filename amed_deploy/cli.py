@@ -712,7 +712,7 @@ def sample(
     images, labels = reference_sample(
         loaded.network, cfg, seed, batch, _parse_classes(classes), device, seeds=seeds
     )  # fmt: skip
-    which = f"seeds {seed_list}" if seed_list is not None else f"seeds {seed}-{seeds[-1]}"
+    which = f"seeds {seed_list or f'{seeds[0]}-{seeds[-1]}'}"
     click.echo(
         f"{cfg.solver}, NFE {cfg.nfe}, {cfg.num_points} time points ({cfg.schedule}), batch {len(seeds)}, {which}"
     )
@@ -994,7 +994,7 @@ def run(
     import time
 
     from amed_deploy.manifest import manifest_path_for
-    from amed_deploy.noise import parse_seeds
+    from amed_deploy.noise import parse_seeds, seed_range
     from amed_deploy.runtime import Sampler
 
     seeds = None
@@ -1019,14 +1019,12 @@ def run(
         cuda_graph=cuda_graph,
         ignore_checkpoint_mismatch=mismatch,
     )
+    seeds = seeds or seed_range(seed, smp.batch)
     start = time.perf_counter()
-    if seeds is None:
-        result = smp.sample(seed=seed, classes=_parse_classes(classes))
-    else:
-        result = smp.sample(seeds=seeds, classes=_parse_classes(classes))
+    result = smp.sample(seeds=seeds, classes=_parse_classes(classes))
     elapsed = time.perf_counter() - start
     cfg = smp.config
-    which = f"seeds {seed_list}" if seeds is not None else f"seeds {seed}-{seed + smp.batch - 1}"
+    which = f"seeds {seed_list or f'{seeds[0]}-{seeds[-1]}'}"
     click.echo(
         f"{engine}: {cfg.solver} NFE {cfg.nfe} on {smp.device} ({type(smp.executor).__name__}), "
         f"batch {smp.batch}, {which}: {elapsed * 1000:.0f} ms"
@@ -1220,12 +1218,22 @@ def bench(
     unknown = [s for s in solver_list if s not in BENCH_SOLVERS]
     if unknown:
         raise AmedError(f"unknown bench solver(s) {unknown}; choose from {', '.join(BENCH_SOLVERS)}")
+    nfe_list, batch_list = _int_list(nfes, "--nfe"), _int_list(batches, "--batches")
     parsed_networks = bench_network_names(networks)
     if not torch.cuda.is_available():
         raise AmedError("bench measures GPU paths and needs a CUDA GPU")
     models = bench_networks(parsed_networks)
     if serve:
-        _bench_serving(models, nfes, batches, clients, requests, max_wait_ms, out, results)
+        from amed_deploy.serving_bench import render_serving, run_serving, serving_json
+
+        def save_serving(rows, facts) -> None:
+            atomic_write_bytes(out, render_serving(rows, facts).encode())
+            atomic_write_bytes(results, json.dumps(serving_json(rows, facts), indent=1).encode())
+
+        rows, facts = run_serving(
+            models, nfe_list, batch_list, clients, requests, max_wait_ms, save_serving
+        )  # fmt: skip
+        click.echo(render_serving(rows, facts))
         return
 
     previous = None
@@ -1248,8 +1256,8 @@ def bench(
     deadline = None if minutes is None else time.monotonic() + 60 * minutes
     rows, facts = run_bench(
         models,
-        [int(n) for n in nfes.split(",")],
-        [int(b) for b in batches.split(",")],
+        nfe_list,
+        batch_list,
         paths.split(","),
         repeats,
         show,
@@ -1262,34 +1270,6 @@ def bench(
     click.echo(render_markdown(rows, facts))
     if not facts.get("complete", True):
         click.echo("incomplete: run again with --resume to measure the remaining cells")
-
-
-def _bench_serving(models, nfes: str, batches: str, clients, requests, max_wait_ms, out: Path, results: Path) -> None:
-    import json
-    import tempfile
-
-    import torch
-
-    from amed_deploy.bench import bench_sampler, open_path, prepare_model
-    from amed_deploy.files import atomic_write_bytes
-    from amed_deploy.serving_bench import render_serving, serve_rows, serving_json
-
-    path = "torch-fp16-graph"
-    facts = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "path": path, "max_wait_ms": max_wait_ms}
-    folder, rows = Path(tempfile.mkdtemp(prefix="amed-serve-")), []
-    for name, net, kwargs in models:
-        for nfe in (int(n) for n in nfes.split(",")):
-            model = prepare_model(f"{name}-nfe{nfe}", net, kwargs, bench_sampler(nfe), folder)
-            one = open_path(model, path, 1, folder)
-            for batch in (int(b) for b in batches.split(",") if int(b) > 1):
-                rows += serve_rows(
-                    name, nfe, one, open_path(model, path, batch, folder), clients, requests, max_wait_ms
-                )
-                click.echo(f"{name} NFE {nfe} batch {batch}: {rows[-1].images_per_s:.0f} img/s batched, "
-                           f"{rows[-2].images_per_s:.0f} per request")  # fmt: skip
-                atomic_write_bytes(out, render_serving(rows, facts).encode())
-                atomic_write_bytes(results, json.dumps(serving_json(rows, facts), indent=1).encode())
-    click.echo(render_serving(rows, facts))
 
 
 @main.command("train-edm")

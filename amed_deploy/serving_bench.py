@@ -1,15 +1,19 @@
 """`amed-deploy bench --serve`: throughput of single-image requests from many client threads, served one
-Sampler call per request (a batch-1 Sampler) against a `RequestBatcher` over a batch-B Sampler of the
+Sampler call per request (a batch-1 Sampler) against a `RequestBatcher` over batch-B Samplers of the
 same path, in the same run. Each client sends its requests one after another (a closed loop), so the
 number of clients is the number of requests in flight."""
 
 from __future__ import annotations
 
 import statistics
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
 
 from .runtime import RequestBatcher, Sampler
 
@@ -67,31 +71,57 @@ def serve_rows(
     network: str,
     nfe: int,
     one: Sampler,
-    batched: Sampler,
+    batched: Sequence[Sampler],
     clients: int,
     requests: int,
     max_wait_ms: float,
     warmup: int = 3,
 ) -> list[ServeRow]:
-    """Both ways of serving the same requests (seeds 0..requests-1), after `warmup` calls of each Sampler."""
-    for _ in range(warmup):
-        one.sample(seeds=[0])
-        batched.sample(seeds=[0])
+    """The same requests (seeds 0..requests-1) served one call each by `one`, then through a RequestBatcher
+    over each of `batched`, after `warmup` calls of every Sampler: the per-request row first."""
+    for smp in (one, *batched):
+        for _ in range(warmup):
+            smp.sample(seeds=[0])
     seeds = list(range(requests))
     seconds, lat = drive(lambda s: one.sample(seeds=[s]), seeds, clients)
-    rows = [
-        ServeRow(network, nfe, "per-request", 1, clients, requests, requests / seconds,
-                 statistics.median(lat), percentile(lat, 0.99), requests)
-    ]  # fmt: skip
-    with RequestBatcher(batched, max_wait_ms=max_wait_ms, max_pending=max(requests, 1)) as batcher:
-        seconds, lat = drive(lambda s: batcher.sample(s, timeout=600), seeds, clients)
-        calls = batcher.calls
-    rate = requests / seconds
-    rows.append(
-        ServeRow(network, nfe, "batched", batched.batch, clients, requests, rate, statistics.median(lat),
-                 percentile(lat, 0.99), calls, rate / rows[0].images_per_s)
-    )  # fmt: skip
+    base = ServeRow(network, nfe, "per-request", 1, clients, requests, requests / seconds,
+                    statistics.median(lat), percentile(lat, 0.99), requests)  # fmt: skip
+    rows = [base]
+    for smp in batched:
+        with RequestBatcher(smp, max_wait_ms=max_wait_ms, max_pending=max(requests, 1)) as batcher:
+            seconds, lat = drive(lambda s, b=batcher: b.sample(s, timeout=600), seeds, clients)
+            calls = batcher.calls
+        rate = requests / seconds
+        rows.append(
+            ServeRow(network, nfe, "batched", smp.batch, clients, requests, rate, statistics.median(lat),
+                     percentile(lat, 0.99), calls, rate / base.images_per_s)
+        )  # fmt: skip
     return rows
+
+
+def run_serving(
+    models: Sequence[tuple[str, torch.nn.Module, dict]],
+    nfes: Sequence[int],
+    batches: Sequence[int],
+    clients: int,
+    requests: int,
+    max_wait_ms: float,
+    save: Callable[[list[ServeRow], dict], None],
+) -> tuple[list[ServeRow], dict]:
+    """Every (network, NFE) on the torch-fp16-graph path: one per-request row, one batched row per batch
+    size above 1; `save(rows, facts)` after each (network, NFE)."""
+    from .bench import bench_sampler, open_path, prepare_model
+
+    path = "torch-fp16-graph"
+    facts = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "path": path, "max_wait_ms": max_wait_ms}
+    folder, rows = Path(tempfile.mkdtemp(prefix="amed-serve-")), []
+    for name, net, kwargs in models:
+        for nfe in nfes:
+            model = prepare_model(f"{name}-nfe{nfe}", net, kwargs, bench_sampler(nfe), folder)
+            batched = [open_path(model, path, b, folder) for b in batches if b > 1]
+            rows += serve_rows(name, nfe, open_path(model, path, 1, folder), batched, clients, requests, max_wait_ms)
+            save(rows, facts)
+    return rows, facts
 
 
 def render_serving(rows: Sequence[ServeRow], facts: dict) -> str:

@@ -9,10 +9,10 @@
 # per student, its NFEs one after another); beside them, JOBS (default 4) at a time through epd_study.sh,
 # the EPD-Solver and the EPD-Plugin (iPNDM) with the recipe that won at that NFE on the bundled
 # Fashion-MNIST model (EPD-Solver: published at NFE 3, iPNDM teacher above; EPD-Plugin: published at 3 and
-# 5, iPNDM teacher above) and both recipes at NFE 5. eval measures the EPD recipes (epd_study.sh eval), keeps the lower-FID table of each student and
-# NFE in WORK/pred beside the AMED predictors, then measures every training-free solver and every kept
-# predictor as `amed-deploy eval` does (10,000 samples, same seeds as the other tables). Both resume: run
-# again until done.
+# 5, iPNDM teacher above) and both recipes at NFE 5. eval measures the EPD recipes (epd_study.sh eval),
+# keeps the lower-FID table of each student and NFE in WORK/pred beside the AMED predictors, then measures
+# every training-free solver and every kept predictor as `amed-deploy eval` does (10,000 samples, same
+# seeds as the other tables). Both resume: run again until done.
 set -euo pipefail
 step=$1
 work=$2

@@ -111,7 +111,7 @@ def test_serving_bench_measures_both_ways_on_the_same_requests(tiny_ckpt, distil
     from amed_deploy.serving_bench import drive, render_serving, serve_rows
 
     one = Sampler.load(tiny_ckpt, predictor=distilled[3], batch=1, device="cpu")
-    per_request, batched = serve_rows("tiny", 5, one, sampler, clients=8, requests=16, max_wait_ms=20, warmup=1)
+    per_request, batched = serve_rows("tiny", 5, one, [sampler], clients=8, requests=16, max_wait_ms=20, warmup=1)
     assert (per_request.mode, per_request.calls, batched.mode, batched.batch) == ("per-request", 16, "batched", 4)
     assert 4 <= batched.calls < 16 and batched.requests == per_request.requests == 16
     assert batched.speedup == pytest.approx(batched.images_per_s / per_request.images_per_s)
