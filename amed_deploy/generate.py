@@ -11,6 +11,7 @@ import json
 import os
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,6 +84,12 @@ def write_images(out: Path, fmt: str, seeds: Sequence[int], images: torch.Tensor
         buf = io.BytesIO()
         Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(buf, format="PNG")
         atomic_write_bytes(path, buf.getvalue(), overwrite=False)
+
+
+def _written(pending: tuple[Future, int]) -> int:
+    """Wait for a call's files (raising what the write raised); its image count."""
+    pending[0].result()
+    return pending[1]
 
 
 @dataclass(frozen=True)
@@ -158,9 +165,18 @@ def generate(
     done = done_seeds(out, fmt, seeds)
     todo = [s for s in seeds if s not in done]
     start = time.perf_counter()
-    with tqdm(total=len(todo), desc="generate", unit="img", disable=not progress) as bar:
+    # One writer thread: a call's files are encoded and written while the device samples the next call
+    # (compression releases the GIL); at most one call waits to be written.
+    with (
+        ThreadPoolExecutor(1, thread_name_prefix="write") as writer,
+        tqdm(total=len(todo), desc="generate", unit="img", disable=not progress) as bar,
+    ):
+        pending: tuple[Future, int] | None = None  # the call being written, and its image count
         for chunk in seed_batches(todo, sampler.batch):
             result = sampler.sample(seeds=chunk, classes=classes)
-            write_images(out, fmt, chunk, result.images, result.labels)
-            bar.update(len(chunk))
+            if pending is not None:
+                bar.update(_written(pending))
+            pending = writer.submit(write_images, out, fmt, chunk, result.images, result.labels), len(chunk)
+        if pending is not None:
+            bar.update(_written(pending))
     return len(todo), len(done), time.perf_counter() - start

@@ -16,6 +16,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from amed_deploy.cli import main
+from amed_deploy.errors import AmedError
+from amed_deploy.generate import generate, png_path
 from amed_deploy.images import to_uint8
 from amed_deploy.runtime import Sampler
 
@@ -87,6 +89,34 @@ def test_npz_shards_hold_the_same_images_as_pngs(tmp_path, tiny_ckpt, distilled)
     (tmp_path / "npz" / "shard-000009.npz").write_bytes(b"not a zip")
     res = _generate(tiny_ckpt, pred, tmp_path / "npz", "--seeds", "0-6", "--batch", "2", "--format", "npz")
     assert res.exit_code == 2 and "shard-000009.npz is not a readable shard" in res.output
+
+
+def _pngs(out) -> list[int]:
+    return sorted(int(p.stem) for p in out.rglob("*.png") if p.is_file())
+
+
+def test_a_failure_keeps_the_images_written_before_it(tmp_path, tiny_ckpt, distilled):
+    """Files are written while the next call samples: a failed call still leaves the call before it
+    written, and a failed write stops the run with its error."""
+    smp = Sampler.load(tiny_ckpt, predictor=distilled[3], batch=2, device="cpu")
+    real, calls = smp.sample, []
+
+    def fails_third(**kwargs):
+        calls.append(kwargs["seeds"])
+        if len(calls) == 3:
+            raise AmedError("device lost")
+        return real(**kwargs)
+
+    smp.sample = fails_third
+    with pytest.raises(AmedError, match="device lost"):
+        generate(smp, range(8), tmp_path / "a", "png", progress=False)
+    assert _pngs(tmp_path / "a") == [0, 1, 2, 3]
+
+    smp.sample = real
+    png_path(tmp_path / "b", 2).mkdir(parents=True)  # seed 2's file cannot be written
+    with pytest.raises(AmedError, match="000002.png is a directory"):
+        generate(smp, range(6), tmp_path / "b", "png", progress=False)
+    assert _pngs(tmp_path / "b") == [0, 1]  # seeds 4-5 were sampled, but the run stopped at the failure
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="torchrun's gloo launch")
