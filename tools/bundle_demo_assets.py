@@ -36,7 +36,8 @@ def main() -> None:
     args = ap.parse_args()
     target = assets.DEMO_MODELS[args.name]
     target.folder.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(args.model, target.file)
+    if not (target.file.exists() and args.model.samefile(target.file)):  # re-binding the bundled model's own
+        shutil.copyfile(args.model, target.file)
     sha = file_sha256(target.file)
     model_hash = model_sha256(load_checkpoint(target.file, dtype=None))
     for src in sorted([*args.predictors.glob("amed*.pt"), *args.predictors.glob("epd*.pt")]):
