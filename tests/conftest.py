@@ -31,6 +31,13 @@ TINY_KWARGS = dict(
 TINY_DISTILL = DistillConfig(batch=8, kimg=0.48, lr=5e-3, seed=0)
 
 
+def need_ort_cuda() -> None:
+    """Skip a test that runs ONNX Runtime's CUDA provider where it is not installed."""
+    ort = pytest.importorskip("onnxruntime")
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("onnxruntime-gpu with a CUDA provider is not installed (pip install onnxruntime-gpu)")
+
+
 def tiny_net(seed: int = 0) -> torch.nn.Module:
     """Randomised (not EDM's near-zero output init) so every layer matters in parity tests."""
     return randomize_(build_network("EDMPrecond", dict(TINY_KWARGS)), seed, scale=0.5).eval()

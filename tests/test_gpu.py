@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_net
+from conftest import need_ort_cuda, tiny_net
 
 from amed_deploy.errors import AmedError
 from amed_deploy.runtime import Sampler
@@ -19,12 +19,6 @@ BOUND = {"fp32": 1e-3, "fp16": 5e-2, "bf16": 1e-1}  # relative to the data scale
 
 def _rel(a, b):
     return ((a.cpu() - b.cpu()).abs().max() / max(1.0, b.abs().max().item())).item()
-
-
-def _need_ort_cuda() -> None:
-    ort = pytest.importorskip("onnxruntime")
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        pytest.skip("onnxruntime-gpu with a CUDA provider is not installed (pip install onnxruntime-gpu)")
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +65,7 @@ def test_torch_compile_executor(tiny_ckpt, distilled, reference):
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_onnxruntime_cuda_provider(tmp_path, distilled, reference, precision):
-    _need_ort_cuda()
+    need_ort_cuda()
     from exporters.onnx_export import export_onnx
 
     network, sampler, *_ = distilled
@@ -99,7 +93,7 @@ def test_executor_waits_for_pending_writes_to_its_inputs(tmp_path, tiny_ckpt, di
     if backend == "torch":
         smp = Sampler.load(tiny_ckpt, predictor=pred, batch=4, device="cuda")
     else:
-        _need_ort_cuda()
+        need_ort_cuda()
         from exporters.onnx_export import export_onnx
 
         network, sampler, *_ = distilled
@@ -145,7 +139,7 @@ def test_samplers_load_and_sample_in_threads(tmp_path, tiny_ckpt, distilled, bac
 
     network, sampler, *_, pred = distilled
     if backend == "ort":
-        _need_ort_cuda()
+        need_ort_cuda()
         from exporters.onnx_export import export_onnx
 
         path = tmp_path / "g.onnx"
@@ -281,7 +275,7 @@ def test_feature_loss_gradients_through_the_fid_network_cuda():
 def test_epd_graph_on_onnxruntime_cuda(tmp_path, cuda_graph):
     """An exported EPD graph on ONNX Runtime's CUDA provider: one I/O binding per call batch (B and K*B;
     under a CUDA graph each replays its own gpu_graph_id) samples what the eager reference samples."""
-    _need_ort_cuda()
+    need_ort_cuda()
     from amed_deploy.amed_network import AMEDNetwork
     from amed_deploy.config import SamplerConfig
     from amed_deploy.epd_table import EPDTable
