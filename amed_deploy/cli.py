@@ -23,7 +23,8 @@ from amed_deploy.config import solver_options as solver_options_given
 from amed_deploy.data import DEFAULT_FOLDER
 from amed_deploy.datasets import DATASETS
 from amed_deploy.errors import AmedError
-from amed_deploy.outputs import CHECKPOINT_SUFFIXES, IMAGE_FORMATS, check_suffix, plan_outputs
+from amed_deploy.metadata import PRECISIONS
+from amed_deploy.outputs import CHECKPOINT_SUFFIXES, GENERATE_FORMATS, IMAGE_FORMATS, check_suffix, plan_outputs
 
 # Errors that are the user's input or environment, not bugs: one line, exit 2, no traceback.
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (AmedError, OSError)
@@ -712,9 +713,9 @@ def sample(
     images, labels = reference_sample(
         loaded.network, cfg, seed, batch, _parse_classes(classes), device, seeds=seeds
     )  # fmt: skip
-    which = f"seeds {seed_list or f'{seeds[0]}-{seeds[-1]}'}"
     click.echo(
-        f"{cfg.solver}, NFE {cfg.nfe}, {cfg.num_points} time points ({cfg.schedule}), batch {len(seeds)}, {which}"
+        f"{cfg.solver}, NFE {cfg.nfe}, {cfg.num_points} time points ({cfg.schedule}), batch {len(seeds)}, "
+        f"{_seeds_text(seed_list, seeds)}"
     )
     _write_images(images, labels, out, npz, force)
 
@@ -1024,10 +1025,9 @@ def run(
     result = smp.sample(seeds=seeds, classes=_parse_classes(classes))
     elapsed = time.perf_counter() - start
     cfg = smp.config
-    which = f"seeds {seed_list or f'{seeds[0]}-{seeds[-1]}'}"
     click.echo(
         f"{engine}: {cfg.solver} NFE {cfg.nfe} on {smp.device} ({type(smp.executor).__name__}), "
-        f"batch {smp.batch}, {which}: {elapsed * 1000:.0f} ms"
+        f"batch {smp.batch}, {_seeds_text(seed_list, seeds)}: {elapsed * 1000:.0f} ms"
     )
     _write_images(result.images, result.labels, out, npz, force)
 
@@ -1041,7 +1041,7 @@ def run(
     "fmt",
     default="png",
     show_default=True,
-    type=click.Choice(["png", "npz"]),
+    type=click.Choice(GENERATE_FORMATS),
     help="png: OUT/000000/000123.png per seed (EDM's layout); npz: shards of one call each "
     "(images uint8 [N,H,W,C], seeds, labels).",
 )
@@ -1062,7 +1062,7 @@ def run(
 @_solver_options
 @click.option(
     "--precision",
-    type=click.Choice(["fp32", "fp16", "bf16"]),
+    type=click.Choice(PRECISIONS),
     default=None,
     help="A checkpoint's precision on the PyTorch executor [default: fp32] (a graph has its own).",
 )
@@ -1386,6 +1386,11 @@ def demo(out: Path, seed: int, model: str, force: bool) -> None:
         f"export {r['export_s']:.1f} s (cached in {r['graph']}), sampling {r['sample_s']:.1f} s"
     )
     click.echo(f"wrote {Path(out).resolve()}")
+
+
+def _seeds_text(seed_list: str | None, seeds: list[int]) -> str:
+    """How a command's output names its images' seeds: as --seeds gave them, or their range."""
+    return f"seeds {seed_list or f'{seeds[0]}-{seeds[-1]}'}"
 
 
 def _int_list(value: str, option: str) -> list[int]:

@@ -24,9 +24,9 @@ from .errors import AmedError, first_line
 from .files import atomic_write_bytes
 from .images import save_npz, to_uint8
 from .noise import seed_batches
+from .outputs import GENERATE_FORMATS as FORMATS
 from .runtime import Sampler
 
-FORMATS = ("png", "npz")
 RECORD = "generate.json"  # what made the images of a folder: a resumed run must be the same
 
 
@@ -132,11 +132,6 @@ def start_group(ranks: Ranks, device: torch.device) -> None:
 def end_group(ranks: Ranks) -> None:
     if ranks.world > 1 and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
-
-
-def barrier(ranks: Ranks) -> None:
-    if ranks.world > 1:
-        torch.distributed.barrier()
 
 
 def totals(ranks: Ranks, device: torch.device, made: int, skipped: int, seconds: float) -> tuple[int, int, float]:

@@ -14,6 +14,7 @@ from .errors import AmedError
 from .files import check_target
 
 IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
+GENERATE_FORMATS = ("png", "npz")  # `generate`: one PNG per seed, or .npz shards
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
 
 
